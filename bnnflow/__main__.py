@@ -1,0 +1,5 @@
+import sys
+
+from bnnflow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,107 @@
+"""Every work-around for the pinned third-party stack, in one place.
+
+* Brevitas 0.13 strips named-tensor names with `Tensor.rename(None)`; torch 2.13 removed
+  named tensors, so `rename` no longer exists.
+* finn-plus 1.6.1 (all upstream bugs, reported in our notes):
+  - `finn.builder.build_dataflow_steps` imports `finn.xsi.SimEngine` at import time, which
+    raises unless XILINX_VIVADO is set;
+  - FINN's global settings must be initialised and FINN_BUILD_DIR must exist before any
+    transformation that generates code;
+  - `MinimizeAccumulatorWidth` sizes XNOR-mode MVAU accumulators from the bipolar dot-product
+    range although their thresholds live in the popcount range [0, MW]
+    (see `fix_xnor_accumulators`);
+  - psutil is used but not declared (requirements/runtime.lock pins it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+if not hasattr(torch.Tensor, "rename"):
+    # Brevitas only ever calls rename(None), i.e. "drop the names": the identity on torch 2.13.
+    torch.Tensor.rename = lambda self, *names, **kw: self  # type: ignore[attr-defined]
+
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+warnings.filterwarnings("ignore", module="brevitas")
+warnings.filterwarnings("ignore", category=UserWarning, module="torch.onnx")
+
+_FINN_READY = False
+
+
+def vivado_root() -> str | None:
+    """XILINX_VIVADO if it points at an installed Vivado, else None."""
+    root = os.environ.get("XILINX_VIVADO")
+    return root if root and Path(root).is_dir() else None
+
+
+def finn_ready(build_dir: str | os.PathLike | None = None) -> None:
+    """Make finn-plus importable and usable outside its CLI; idempotent."""
+    global _FINN_READY
+    if build_dir is None:
+        build_dir = os.environ.get("FINN_BUILD_DIR") or Path(tempfile.gettempdir()) / "bnnflow_finn_build"
+    build_dir = Path(build_dir).resolve()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["FINN_BUILD_DIR"] = str(build_dir)
+    if _FINN_READY:
+        return
+    if vivado_root() is None and "finn.builder.build_dataflow_steps" not in sys.modules:
+        import finn.xsi
+
+        # SimEngine is only a type annotation there; without Vivado it cannot exist
+        # (the module's __getattr__ raises), so bind a placeholder before the import.
+        finn.xsi.SimEngine = None
+    import finn.util.settings as settings
+
+    if settings._SETTINGS is None:
+        cwd = os.getcwd()
+        try:  # the dummy settings resolve paths relative to the working directory
+            os.chdir(build_dir)
+            settings.initialize_dummy_settings()
+        finally:
+            os.chdir(cwd)
+    _FINN_READY = True
+
+
+def xnor_accumulator_bits(mw: int) -> int:
+    """Unsigned bits that hold every popcount of an MW-wide XNOR dot product."""
+    return max(1, math.ceil(math.log2(mw + 1)))
+
+
+def fix_xnor_accumulators(model):
+    """Re-size XNOR-mode MVAU accumulators to UINT(ceil(log2(MW+1))) (finn-plus 1.6.1 bug).
+
+    `MinimizeAccumulatorWidth` uses the bipolar dot-product range, e.g. INT8 for MW=216,
+    while the thresholds are popcounts in [0, MW]; `RoundAndClipThresholds` then clips
+    them and results go wrong.
+    """
+    from qonnx.core.datatype import DataType
+    from qonnx.custom_op.registry import getCustomOp
+
+    for node in model.graph.node:
+        if not node.op_type.startswith("MVAU"):
+            continue
+        inst = getCustomOp(node)
+        if not inst.get_nodeattr("binaryXnorMode"):
+            continue
+        mw = inst.get_nodeattr("MW")
+        acc = DataType[f"UINT{xnor_accumulator_bits(mw)}"]
+        inst.set_nodeattr("accDataType", acc.name)
+        if inst.get_nodeattr("noActivation"):
+            inst.set_nodeattr("outputDataType", acc.name)
+            model.set_tensor_datatype(node.output[0], acc)
+        thresholds = model.get_initializer(node.input[2]) if len(node.input) > 2 else None
+        if thresholds is not None:
+            model.set_tensor_datatype(node.input[2], acc)
+    return model
+
+
+def which(tool: str) -> str | None:
+    return shutil.which(tool)

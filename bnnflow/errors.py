@@ -1,0 +1,16 @@
+"""The one exception type that reaches the user as a single sentence."""
+
+
+class BnnflowError(Exception):
+    """A user-facing error: its message is one complete sentence that says what to do.
+
+    The CLI prints it without a traceback and exits non-zero.
+    """
+
+    exit_code = 2
+
+
+class MissingToolError(BnnflowError):
+    """A vendor tool (Vivado, Vitis HLS, a board) that a step needs is not installed."""
+
+    exit_code = 3

@@ -1,0 +1,171 @@
+"""`bnnflow build`: checkpoint (or calibrated random weights) -> QONNX -> FINN build folder."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from bnnflow.atomic import write_json
+from bnnflow.errors import BnnflowError, MissingToolError
+from bnnflow.hw.boards import Board, get_board
+from bnnflow.models.checkpoint import calibrate, file_sha256, load_checkpoint, save_checkpoint
+from bnnflow.models.export import export_model
+from bnnflow.models.zoo import build_model, get_variant, weight_summary
+
+from . import flow
+from .estimates import print_summary, summarize
+
+BREVITAS_FILE = "model.brevitas.pt"
+FOLDING_DIR = Path(__file__).resolve().parent.parent / "hw" / "folding"
+
+
+@dataclass
+class BuildRequest:
+    model: str
+    variant: str = "default"
+    board: str = "pynq-z2"
+    checkpoint: Path | None = None
+    out: Path | None = None
+    resume: bool = False
+    from_step: str | None = None
+    stop_after: str | None = None
+    force: bool = False
+    target_fps: int | None = None
+    folding: Path | None = None
+    seed: int = 0
+
+
+def default_out(model: str, variant: str, board: str) -> Path:
+    return Path("build") / f"{model}-{variant}-{board}"
+
+
+def folding_file(model: str, variant: str, board: Board, override: Path | None) -> Path | None:
+    if override is not None:
+        if not Path(override).is_file():
+            raise BnnflowError(f"Folding config {override} does not exist: pass a JSON file like those in hw/folding/.")
+        return Path(override).resolve()
+    path = FOLDING_DIR / board.name / f"{model}-{variant}.json"
+    return path if path.is_file() else None
+
+
+def prepare_network(req: BuildRequest, console: Console):
+    """The Brevitas network to build: from a checkpoint, else random weights calibrated on images."""
+    if req.checkpoint is not None:
+        net, payload = load_checkpoint(req.checkpoint, req.model, req.variant)
+        return net, {"checkpoint": str(req.checkpoint), "checkpoint_sha256": file_sha256(req.checkpoint),
+                     "accuracy": payload.get("meta", {}).get("test_top1")}
+    import torch
+
+    from bnnflow.models.data import load_cifar10
+
+    torch.manual_seed(req.seed)
+    net = build_model(req.model, req.variant)
+    try:
+        images, _ = load_cifar10(None, "train")
+        source = "CIFAR-10 training images"
+    except BnnflowError:
+        images = np.random.default_rng(req.seed).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
+        source = "random pixels (no CIFAR-10 copy found)"
+    calibrate(net, images, seed=req.seed)
+    console.print(f"[yellow]No checkpoint given: building random weights (seed {req.seed}) with batch-norm "
+                  f"statistics calibrated on {source}.[/]")
+    return net, {"checkpoint": None, "seed": req.seed, "calibration": source, "accuracy": None}
+
+
+def plan_folder(req: BuildRequest, out: Path) -> str:
+    """Decide the first step; refuse to touch an existing build unless asked."""
+    if req.from_step:
+        flow.step_index(req.from_step)
+        if not out.exists():
+            raise BnnflowError(f"Build folder {out} does not exist, so there is nothing to restart from step {req.from_step}.")
+        return req.from_step
+    if req.resume:
+        state = flow.BuildState(out)
+        if not state.path.exists():
+            raise BnnflowError(f"There is no build to resume in {out}: run 'bnnflow build' without --resume first.")
+        done = state.done
+        if not done:
+            return flow.STEP_NAMES[0]
+        nxt = flow.STEP_NAMES.index(done[-1]) + 1
+        if nxt >= len(flow.STEP_NAMES):
+            raise BnnflowError(f"The build in {out} already finished every step; use --from-step to redo one.")
+        return flow.STEP_NAMES[nxt]
+    if out.exists() and any(out.iterdir()):
+        if not req.force:
+            raise BnnflowError(f"Build folder {out} already exists: pass --resume to continue it, --from-step to redo "
+                               "part of it, --force to replace it, or --out for a new folder.")
+        shutil.rmtree(out)
+    return "export"
+
+
+def run_build(req: BuildRequest, console: Console | None = None) -> dict:
+    console = console or Console()
+    get_variant(req.model, req.variant)
+    board = get_board(req.board)
+    out = Path(req.out or default_out(req.model, req.variant, board.name)).resolve()
+    start = plan_folder(req, out)
+    stop = req.stop_after or flow.STEP_NAMES[-1]
+    flow.step_index(stop)
+    fold = folding_file(req.model, req.variant, board, req.folding)
+    cfg = flow.make_config(out, board, fold, req.target_fps)
+    out.mkdir(parents=True, exist_ok=True)
+    state = flow.BuildState(out)
+    t_start = time.time()
+    if start == "export":
+        net, origin = prepare_network(req, console)
+        with console.status("Exporting QONNX..."):
+            export_model(net, out / flow.QONNX_FILE)
+        # the exact Brevitas weights of this build, so `verify --build` compares like with like
+        save_checkpoint(out / BREVITAS_FILE, net, req.model, req.variant, meta=origin)
+        state.data = {"model": req.model, "variant": req.variant, "board": board.name, "done": [],
+                      "folding": str(fold) if fold else None,
+                      "target_fps": None if fold else (req.target_fps or board.default_target_fps),
+                      "weights": weight_summary(net), **origin}
+        state.save()
+        start = flow.STEP_NAMES[0]
+    else:
+        if state.data.get("model") not in (None, req.model) or state.data.get("variant") not in (None, req.variant):
+            raise BnnflowError(f"Build folder {out} holds {state.data.get('model')}/{state.data.get('variant')}, "
+                               f"not {req.model}/{req.variant}: pass that model or another --out.")
+    folding_note = f"folding config {fold.name}" if fold else f"FINN target_fps={cfg.target_fps}"
+    console.print(f"Building [bold]{req.model}/{req.variant}[/] for [bold]{board.name}[/] ({board.part}, "
+                  f"{board.clock_mhz:.0f} MHz, {folding_note}) in {out}")
+    counter = {"i": 0}
+    total = flow.step_index(stop) - flow.step_index(start) + 1
+    status = console.status("")
+    status.start()
+    t_step = [time.time()]
+
+    def on_step(step: flow.Step, phase: str) -> None:
+        if phase == "start":
+            counter["i"] += 1
+            t_step[0] = time.time()
+            status.update(f"[{counter['i']}/{total}] {step.title} ({step.name})...")
+        else:
+            console.print(f"  [green]done[/] [{counter['i']}/{total}] {step.title:<34} {time.time() - t_step[0]:6.1f} s")
+
+    stopped = None
+    try:
+        flow.run_steps(out, cfg, start, stop, on_step)
+    except MissingToolError as exc:
+        stopped = exc
+    finally:
+        status.stop()
+        summary = summarize(out, board)
+        if summary:
+            write_json(out / "summary.json", summary)
+            summary["weights"] = state.data.get("weights") or flow.BuildState(out).data.get("weights")
+    console.print(f"{'Stopped' if stopped else 'Finished'} after {time.time() - t_start:.0f} s.")
+    return {"out": out, "summary": summary, "board": board, "stopped": stopped}
+
+
+def show_result(result: dict, console: Console) -> None:
+    print_summary(result["summary"], console)
+    out = result["out"]
+    console.print(f"Outputs: {out}  (reports in {out / 'report'}, models in {out / 'intermediate_models'}, "
+                  f"HLS/RTL code in {out / 'finn_tmp'}, log {out / 'build.log'})")

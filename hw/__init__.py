@@ -1,0 +1,1 @@
+"""Board definitions, per-board folding configs and (later) drivers."""

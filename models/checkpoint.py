@@ -1,0 +1,80 @@
+"""Checkpoints: what the hardware needs (weights, BN statistics, quantizer scales) plus a manifest."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bnnflow.atomic import atomic_path
+from bnnflow.errors import BnnflowError
+
+from .zoo import build_model
+
+FORMAT = "bnnflow-checkpoint-1"
+
+
+def save_checkpoint(path: str | Path, net: nn.Module, model: str, variant: str, meta: dict | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write atomically; `extra` (e.g. optimizer state for --resume) is stored beside the weights."""
+    payload = {"format": FORMAT, "model": model, "variant": variant,
+               "state_dict": net.state_dict(), "meta": meta or {}}
+    if extra:
+        payload.update(extra)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise BnnflowError(f"Checkpoint {path} does not exist: pass the .pt file written by 'bnnflow train'.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise BnnflowError(f"Checkpoint {path} is corrupt or not a PyTorch file ({type(exc).__name__}): "
+                           "re-create it with 'bnnflow train'.") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise BnnflowError(f"Checkpoint {path} is not a bnnflow checkpoint (expected format {FORMAT}).")
+    return payload
+
+
+def load_checkpoint(path: str | Path, model: str | None = None, variant: str | None = None):
+    """Return (net, payload); the model name and variant must match when given."""
+    payload = read_checkpoint(path)
+    if model is not None and payload["model"] != model or variant is not None and payload["variant"] != variant:
+        raise BnnflowError(
+            f"Checkpoint {path} holds {payload['model']}/{payload['variant']}, not {model}/{variant}: "
+            "pass the matching --model/--variant or another checkpoint.")
+    net = build_model(payload["model"], payload["variant"])
+    try:
+        net.load_state_dict(payload["state_dict"], strict=True)
+    except (RuntimeError, KeyError, TypeError, AttributeError):
+        raise BnnflowError(
+            f"Checkpoint {path} does not fit {payload['model']}/{payload['variant']} "
+            "(tensor names or shapes differ): it was made for another variant or version.") from None
+    return net.eval(), payload
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def calibrate(net: nn.Module, images: np.ndarray, batches: int = 4, batch_size: int = 64, seed: int = 0) -> nn.Module:
+    """Give an untrained net realistic BN statistics and activation scales from real images.
+
+    Random-weight builds are then non-degenerate (thresholds inside the value range), which
+    makes verification meaningful before any training.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    net.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            idx = torch.randint(0, len(x), (batch_size,), generator=g)
+            net(x[idx])
+    return net.eval()

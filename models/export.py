@@ -1,0 +1,33 @@
+"""Export a Brevitas model to QONNX, the input of the FINN flow."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+import torch
+from brevitas.export import export_qonnx
+from torch import nn
+
+from bnnflow.atomic import atomic_path
+
+INPUT_SHAPE = (1, 3, 32, 32)  # raw 8-bit pixels, NCHW
+
+
+def export_model(net: nn.Module, path: str | Path) -> Path:
+    """Write `net` (eval mode) as a QONNX model at `path`, atomically."""
+    net = net.eval()
+    path = Path(path)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with atomic_path(path) as tmp:
+        onnx_tmp = tmp.with_suffix(".onnx")
+        try:
+            # the dynamo exporter narrates every phase on stdout
+            with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+                export_qonnx(net, input_t=torch.zeros(INPUT_SHAPE), export_path=str(onnx_tmp))
+            onnx_tmp.replace(tmp)
+        finally:
+            onnx_tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Create .venv with bnnflow's pinned dependencies (idempotent; re-runs only when a lock file changes).
+#
+# Why --no-deps: finn-plus 1.6.1 pins brevitas 0.13.0, which declares setuptools<70, while torch 2.13.0
+# declares setuptools>=77; pip's resolver refuses the pair although they work together (bnnflow.compat
+# holds the one shim needed). So every package, transitive ones included, is pinned in requirements/*.lock.
+# torch 2.13.0 is the CPU build (PyTorch's CPU index or a local wheel); the CUDA build pip would pick for
+# finn-plus alone makes a ~6 GB venv instead of ~1.6 GB.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${BNNFLOW_VENV:-.venv}
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+"$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || {
+  echo "setup.sh: bnnflow needs Python 3.11 (finn-plus 1.6.1 and the pinned wheels); set PYTHON=/path/to/python3.11." >&2
+  exit 1
+}
+LOCKS="requirements/runtime.lock requirements/test.lock"
+STAMP="$VENV/.bnnflow-lock.sha256"
+want=$(cat $LOCKS pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c 'import bnnflow' 2>/dev/null; then
+  exit 0
+fi
+start=$(date +%s)
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+# torch==2.13.0: a local CPU wheel where pip's config finds one; elsewhere set
+# BNNFLOW_TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU build (PyPI's default is the CUDA build).
+EXTRA=()
+[ -n "${BNNFLOW_TORCH_INDEX:-}" ] && EXTRA=(--extra-index-url "$BNNFLOW_TORCH_INDEX")
+"${PIP[@]}" install --no-deps "${EXTRA[@]}" -r requirements/runtime.lock -r requirements/test.lock \
+  2> >(grep -v "is ignored: it is neither" >&2)
+"${PIP[@]}" install --no-deps --no-build-isolation -e . 2> >(grep -v "is ignored: it is neither" >&2)
+"$VENV/bin/python" -c 'import bnnflow.compat, finn, brevitas, qonnx' 
+echo "$want" > "$STAMP"
+echo "setup.sh: $VENV ready in $(( $(date +%s) - start )) s ($(du -sh "$VENV" | cut -f1))."
