@@ -23,6 +23,9 @@ Typical use:
   bnnflow estimate densenet              stop after the resource / FPS estimates
   bnnflow verify cnv --images 100        Brevitas vs every FINN stage on real CIFAR-10 images
   bnnflow export resnete -o net.onnx     just the QONNX model
+  bnnflow deploy cnv --variant tiny      folder + .zip for the board: bitfile, driver, notebook, test images
+  bnnflow train resnete --epochs 150     train from scratch on CIFAR-10 (runs/..., --resume continues)
+  bnnflow evaluate runs/X/best.pt        test top-1: Brevitas on all 10,000 images, FINN graph image for image
 """
 
 
@@ -80,7 +83,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="CIFAR-10 copy: .npz, cifar-10-batches-py folder, or its parent")
     p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data if it is missing")
     p.add_argument("--build", type=Path, help="verify this existing build folder instead of building")
+
+    from bnnflow.build_flows.deploy import add_deploy_parser  # imports nothing heavy
+
+    add_deploy_parser(sub)
+    _light("train").add_train_parser(sub)
+    _light("evaluate").add_evaluate_parser(sub)
     return ap
+
+
+def _light(name: str):
+    """models/<name>.py loaded for its argparse definitions only: importing it through the
+    bnnflow.models package would import torch (seconds), and --help must stay instant."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("bnnflow.models")  # finds the package without running its __init__
+    path = Path(spec.submodule_search_locations[0]) / f"{name}.py"
+    module_spec = importlib.util.spec_from_file_location(f"bnnflow._cli_{name}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module  # dataclasses look their module up there
+    module_spec.loader.exec_module(module)
+    return module
 
 
 def cmd_models(args) -> int:
@@ -109,8 +132,8 @@ def cmd_boards(args) -> int:
     from bnnflow.hw.boards import BOARDS
 
     table = Table(title="Boards")
-    for col in ("board", "part", "clock", "LUT", "BRAM36", "DSP", "kept for shell"):
-        table.add_column(col)
+    for col in ("board", "part", "clock", "LUT", "BRAM36", "DSP", "shell share"):
+        table.add_column(col, no_wrap=col == "part")
     for b in BOARDS.values():
         table.add_row(b.name, b.part, f"{b.clock_mhz:.0f} MHz", f"{b.lut:,}", str(b.bram36), str(b.dsp),
                       f"{b.shell_reserve:.0%}")
@@ -191,8 +214,27 @@ def cmd_verify(args) -> int:
     return run_verify(args, console)
 
 
+def cmd_deploy(args) -> int:
+    from bnnflow.build_flows.deploy import cmd_deploy as deploy
+
+    return deploy(args)
+
+
+def cmd_train(args) -> int:
+    from bnnflow.models.train import cmd_train as train
+
+    return train(args)
+
+
+def cmd_evaluate(args) -> int:
+    from bnnflow.models.evaluate import cmd_evaluate as evaluate
+
+    return evaluate(args)
+
+
 COMMANDS = {"models": cmd_models, "boards": cmd_boards, "steps": cmd_steps, "export": cmd_export,
-            "build": cmd_build, "estimate": cmd_estimate, "verify": cmd_verify}
+            "build": cmd_build, "estimate": cmd_estimate, "verify": cmd_verify, "deploy": cmd_deploy,
+            "train": cmd_train, "evaluate": cmd_evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:

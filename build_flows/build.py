@@ -15,6 +15,7 @@ from bnnflow.errors import BnnflowError, MissingToolError
 from bnnflow.hw.boards import Board, get_board
 from bnnflow.models.checkpoint import calibrate, file_sha256, load_checkpoint, save_checkpoint
 from bnnflow.models.export import export_model
+from bnnflow.models.tie_guard import guard_rounding_ties
 from bnnflow.models.zoo import build_model, get_variant, weight_summary
 
 from . import flow
@@ -54,7 +55,13 @@ def folding_file(model: str, variant: str, board: Board, override: Path | None) 
 
 
 def prepare_network(req: BuildRequest, console: Console):
-    """The Brevitas network to build: from a checkpoint, else random weights calibrated on images."""
+    """The Brevitas network to build (checkpoint, else calibrated random weights), tie-guarded."""
+    net, origin = _load_or_init(req, console)
+    origin["tie_guard"] = guard_rounding_ties(net)
+    return net, origin
+
+
+def _load_or_init(req: BuildRequest, console: Console):
     if req.checkpoint is not None:
         net, payload = load_checkpoint(req.checkpoint, req.model, req.variant)
         return net, {"checkpoint": str(req.checkpoint), "checkpoint_sha256": file_sha256(req.checkpoint),

@@ -7,7 +7,8 @@ images in numpy, following the python `execute_node` of each FINN/qonnx op exact
 every produced value against the FINN datatype annotated on its tensor. Together this
 proves bit-exactness on many real images and catches bit widths minimised too far.
 
-Values are carried as float64: every integer a binary network produces is exact in it.
+Values are computed exactly (float64, or float32/int64 where that is exact) and stored as
+float32 only once checked against an integer datatype of at most 24 bits.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from onnx import helper, numpy_helper
 
 from bnnflow import compat
@@ -73,6 +75,8 @@ class _Node:
         self.inst = getCustomOp(proto) if is_custom_op(proto.domain, proto.op_type) else None
         self.in_dts = [model.get_tensor_datatype(t) if t else None for t in proto.input]
         self.out_shapes = [tuple(model.get_tensor_shape(t) or ()) for t in proto.output]
+        # every tensor is checked against its datatype, so an integer one holds integers
+        self.integer_input = True if self.in_dts and self.in_dts[0] and self.in_dts[0].is_integer() else None
 
     def attr(self, name, default=None):
         if self.inst is not None:
@@ -88,7 +92,8 @@ class _Node:
 
     def batched(self, a: np.ndarray, shape) -> np.ndarray:
         """Reshape to `shape` (a FINN batch-1 shape) with the batch in front."""
-        assert shape[0] == 1, f"node {self.name}: shape {shape} does not start with batch 1"
+        if shape[0] != 1:
+            raise self.fail(f"shape {tuple(shape)} does not start with batch 1")
         return a.reshape((a.shape[0],) + tuple(shape[1:]))
 
     def out(self, a: np.ndarray, i: int = 0) -> np.ndarray:
@@ -101,30 +106,62 @@ class _Node:
 # ---------------------------------------------------------------------------- helpers
 
 
+def _absmax(a: np.ndarray) -> float:
+    return max(-float(a.min()), float(a.max())) if a.size else 0.0
+
+
 def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b; float64 BLAS is exact for integer operands while every sum stays below 2**53."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if np.abs(a).max(initial=0) * np.abs(b).max(initial=0) * a.shape[-1] >= 2**53:
-        return np.matmul(a.astype(np.int64), b.astype(np.int64)).astype(np.float64)
+    """a @ b, exact for integer operands: BLAS in float32 (float64) while every partial sum
+    stays below 2**24 (2**53), int64 beyond."""
+    bound = _absmax(a) * _absmax(b) * a.shape[-1]
+    if bound >= 2**53:
+        return np.matmul(np.asarray(a, np.int64), np.asarray(b, np.int64)).astype(np.float64)
+    dtype = np.float32 if bound < 2**24 and a.dtype == np.float32 else np.float64
+    a, b = np.asarray(a, dtype), np.asarray(b, dtype)
     if b.ndim == 2:  # one big GEMM instead of numpy's loop over the leading dims
         return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[1],))
     return np.matmul(a, b)
 
 
 def xnor_popcount(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Number of agreements of {0,1}-encoded bipolar x (..., K) and w (K, M)."""
-    return (exact_matmul(2.0 * x - 1.0, 2.0 * w - 1.0) + w.shape[0]) * 0.5
+    """Number of agreements of {0,1}-encoded bipolar x (..., K) and w (K, M).
+
+    qonnx computes (bipolar(x) @ bipolar(w) + K) / 2 = 2 x.w - sum(x) - sum(w) + K, which
+    is x @ (2w - 1) + K - sum(w): the same integers without rewriting the large x.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    acc = exact_matmul(x, 2.0 * w - 1.0)
+    acc += (w.shape[0] - w.sum(axis=0)).astype(acc.dtype)  # small integers: exact in float32
+    return acc
 
 
-def multithreshold(v: np.ndarray, thresholds: np.ndarray, scale=1.0, bias=0.0) -> np.ndarray:
+def multithreshold(v: np.ndarray, thresholds: np.ndarray, scale=1.0, bias=0.0, integer=None) -> np.ndarray:
     """scale * (number of thresholds t with v >= t) + bias, channels on the last axis.
 
     thresholds: (C, steps), or (1, steps) for thresholds shared by all channels.
+    integer: whether v is known to hold integers (None: find out).
     """
     thr = np.asarray(thresholds, dtype=np.float64)
-    if thr.shape[0] not in (1, v.shape[-1]):
-        raise ValueError(f"thresholds {thr.shape} do not match {v.shape[-1]} channels")
+    c = v.shape[-1]
+    if thr.shape[0] not in (1, c):
+        raise ValueError(f"thresholds {thr.shape} do not match {c} channels")
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
+    if integer is None:
+        integer = np.array_equal(v, np.round(v))
+    if integer and (hi - lo + 1) * thr.shape[0] <= 1 << 20:
+        # integers in a small range: count once per possible value, then look the counts up
+        grid = np.arange(lo, hi + 1)
+        lut = np.zeros((thr.shape[0], len(grid)))
+        for t in thr.T:
+            lut += grid >= t[:, None]
+        lut = scale * lut + bias
+        if np.array_equal(lut.astype(np.float32), lut):
+            lut = lut.astype(np.float32)
+        idx = v.astype(np.intp)
+        idx -= int(lo)
+        if thr.shape[0] > 1:
+            idx += np.arange(c) * len(grid)
+        return lut.ravel()[idx]
     count = np.zeros(v.shape, dtype=np.float64)
     for t in thr.T:  # one step at a time: no (..., C, steps) temporary
         count += v >= t
@@ -142,12 +179,9 @@ def im2col_nhwc(x, kernel, stride, pads=(0, 0, 0, 0), pad_value=0.0, dilation=(1
     ow = compute_conv_output_dim(w, kw, sw, pads[1] + pads[3], dw)
     if any(pads):
         x = np.pad(x, ((0, 0), (pads[0], pads[2]), (pads[1], pads[3]), (0, 0)), constant_values=pad_value)
-    out = np.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            r, s = i * dh, j * dw
-            out[:, :, :, i, j, :] = x[:, r : r + sh * (oh - 1) + 1 : sh, s : s + sw * (ow - 1) + 1 : sw, :]
-    return out.reshape(n, oh, ow, kh * kw * c)
+    win = sliding_window_view(x, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(1, 2))
+    win = win[:, : sh * (oh - 1) + 1 : sh, : sw * (ow - 1) + 1 : sw, :, ::dh, ::dw]  # (N, OH, OW, C, kh, kw)
+    return np.ascontiguousarray(win.transpose(0, 1, 2, 4, 5, 3)).reshape(n, oh, ow, kh * kw * c)
 
 
 def maxpool_nhwc(x, kernel, stride, pads=(0, 0, 0, 0), ceil_mode=0) -> np.ndarray:
@@ -251,7 +285,7 @@ def _multithreshold_op(n, v, thr):
     if not layout and v.ndim < 5:
         layout = {0: None, 1: None, 2: "NC", 3: "NWC", 4: "NCHW"}[v.ndim]
     cdim = layout.index("C") if layout and "C" in layout else 1
-    y = multithreshold(np.moveaxis(v, cdim, -1), thr, n.attr("out_scale"), n.attr("out_bias"))
+    y = multithreshold(np.moveaxis(v, cdim, -1), thr, n.attr("out_scale"), n.attr("out_bias"), n.integer_input)
     return np.moveaxis(y, -1, cdim)
 
 
@@ -297,11 +331,12 @@ def _mvau(n, x, w, thr=None):
     if n.attr("noActivation"):
         return n.out(acc)
     bipolar = n.attr("outputDataType") == "BIPOLAR"
-    return n.out(multithreshold(acc, thr, 2 if bipolar else 1, -1 if bipolar else n.attr("ActVal")))
+    scale, bias = (2, -1) if bipolar else (1, n.attr("ActVal"))
+    return n.out(multithreshold(acc, thr, scale, bias, n.dt("accDataType").is_integer() or None))
 
 
 def _thresholding(n, x, thr):
-    y = multithreshold(x, thr, 1.0, n.attr("ActVal"))
+    y = multithreshold(x, thr, 1.0, n.attr("ActVal"), n.integer_input)
     return 2 * y - 1 if n.attr("outputDataType") == "BIPOLAR" else y
 
 
@@ -365,15 +400,26 @@ def _streaming_concat(n, *xs):
 
 
 def _elementwise_binary(n, a, b):
+    op = n.inst.npy_op
+    if op in (np.add, np.subtract, np.maximum, np.minimum):
+        return op(a, b, dtype=np.float64)  # exact for these integers, and faster than int64
     # as ElementwiseBinaryOperation.execute_node: integers go through numpy in int64
     a = a.astype(np.int64) if n.dt("lhs_dtype").is_integer() else a
     b = np.asarray(b).astype(np.int64) if n.dt("rhs_dtype").is_integer() else b
-    return np.asarray(n.inst.npy_op(a, b), dtype=np.float64)
+    return np.asarray(op(a, b), dtype=np.float64)
 
 
 def _streaming_maxpool(n, x):
     k = n.attr("PoolDim")
     return maxpool_nhwc(x, k, k, ceil_mode=n.attr("CeilMode"))
+
+
+def _partition(n, x):
+    """StreamingDataflowPartition / GenericPartition: run the child model."""
+    if not hasattr(n, "child"):
+        n.child = FunctionalModel(ModelWrapper(n.attr("model")))
+    out = n.child(x, batch_size=len(x))
+    return tuple(out[t] for t in n.child.outputs)
 
 
 OPS: dict[str, Callable] = {
@@ -418,6 +464,8 @@ OPS: dict[str, Callable] = {
     "StreamingFIFO": _identity,
     "TLastMarker": _identity,
     "IODMA": _identity,
+    "StreamingDataflowPartition": _partition,
+    "GenericPartition": _partition,
 }
 
 
@@ -426,19 +474,19 @@ def _semantics(n: _Node) -> Callable:
         return OPS[n.op]
     if n.op.startswith("Elementwise") and hasattr(n.inst, "npy_op"):
         return _elementwise_binary
-    if n.inst is None:
+    if n.inst is None and n.proto.domain in ("", "ai.onnx"):
         return _per_image
     raise n.fail("the functional model has no semantics for this op")
 
 
 def _per_image(n, *xs):
     """Fallback for other standard ONNX ops: qonnx's execute_node (onnxruntime), image by image."""
-    graph = n.graph
+    xs = [x.astype(np.float32) if x.dtype == np.float64 else x for x in xs]  # FINN's container type
     outs = []
     for i in range(xs[0].shape[0]):
-        ctx = {t: (x[i : i + 1] if t not in n.consts else x) for t, x in zip(n.proto.input, xs)}
+        ctx = {t: (x if t in n.consts else x[i : i + 1]) for t, x in zip(n.proto.input, xs)}
         ctx.update({t: np.zeros(s, np.float32) for t, s in zip(n.proto.output, n.out_shapes)})
-        _qonnx_execute_node(n.proto, ctx, graph, get_preferred_onnx_opset())
+        _qonnx_execute_node(n.proto, ctx, n.graph, n.opset)
         outs.append([ctx[t] for t in n.proto.output])
     return tuple(np.concatenate(o) for o in zip(*outs))
 
@@ -446,8 +494,29 @@ def _per_image(n, *xs):
 # ---------------------------------------------------------------- the executor
 
 
+# ops whose outputs only hold (some of) their inputs' values, plus their padding
+_MOVES = {
+    "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Concat", "Im2Col",
+    "MaxPool", "MaxPoolNHWC", "ConvolutionInputGenerator", "FMPadding", "DuplicateStreams",
+    "StreamingConcat", "StreamingMaxPool", "StreamingDataWidthConverter", "StreamingFIFO",
+    "TLastMarker", "IODMA",
+}
+
+
+def _compact(a: np.ndarray, dt: DataType) -> np.ndarray:
+    """Store checked values of an integer datatype of <= 24 bits as float32: exact, and half
+    the memory traffic (and float32 BLAS) for the next op."""
+    if a.dtype == np.float64 and dt.is_integer() and dt.bitwidth() <= 24:
+        return a.astype(np.float32)
+    return a
+
+
 class FunctionalModel:
-    """A graph prepared for repeated batched execution (see execute_graph)."""
+    """A graph prepared for repeated batched execution (see execute_graph).
+
+    Construction resolves every node's semantics (unsupported ops fail here, named) and checks
+    the initializers and HW weights/thresholds against their datatypes.
+    """
 
     def __init__(self, model: ModelWrapper):
         self.model = model
@@ -462,13 +531,16 @@ class FunctionalModel:
         self.input_shape = tuple(model.get_tensor_shape(self.input))
         self.outputs = [t.name for t in graph.output]
         self.nodes, self.fns = [], []
+        opset = next((o.version for o in model.model.opset_import if o.domain in ("", "ai.onnx")), None)
+        opset = opset or get_preferred_onnx_opset()
         for proto in graph.node:
             n = _Node(model, proto)
             if proto.op_type == "Constant":
                 self.consts[proto.output[0]] = numpy_helper.to_array(n.attr("value"))
                 continue
-            n.graph, n.consts = graph, self.consts
+            n.graph, n.consts, n.opset = graph, self.consts, opset
             n.out_dts = [model.get_tensor_datatype(t) for t in proto.output]
+            n.verified = self._moves_checked_values(n)
             self.nodes.append(n)
             self.fns.append(_semantics(n))
             # the weights/thresholds of HW layers must fit the datatype the hardware stores them in
@@ -477,14 +549,29 @@ class FunctionalModel:
                     check_datatype(n.name, proto.input[1], n.dt("weightDataType"), self.consts[proto.input[1]])
         self.last_use = {t: i for i, n in enumerate(self.nodes) for t in n.proto.input}
 
+    def _moves_checked_values(self, n: _Node) -> bool:
+        """True if n only moves values already checked against its output datatype(s)."""
+        if n.op not in _MOVES:
+            return False
+        data = len(n.proto.input) if n.op in ("Concat", "StreamingConcat") else 1  # not shapes, K, ...
+        dts = set(n.in_dts[:data]) | set(n.out_dts)
+        if n.op == "Im2Col" and any(n.attr("pad_amount")):
+            return len(dts) == 1 and n.out_dts[0].allowed(n.attr("pad_value"))
+        if n.op == "FMPadding":
+            return len(dts) == 1 and n.out_dts[0].allowed(0)
+        return len(dts) == 1
+
     def __call__(self, x: np.ndarray, tensors: list[str] | None = None, batch_size: int = 64) -> dict[str, np.ndarray]:
         x = np.asarray(x, dtype=np.float64)
+        dt = self.model.get_tensor_datatype(self.input)
         if len(x) == 0 or x.shape[1:] != self.input_shape[1:]:
             raise ValueError(f"input of shape {x.shape} does not match the graph input {self.input_shape}")
-        check_datatype("<graph input>", self.input, self.model.get_tensor_datatype(self.input), x)
+        check_datatype("<graph input>", self.input, dt, x)
+        x = _compact(x, dt)
         wanted = list(dict.fromkeys(self.outputs + list(tensors or [])))
         chunks = [self._run(x[i : i + batch_size], wanted) for i in range(0, len(x), batch_size)]
-        return {t: np.concatenate([c[t] for c in chunks]) for t in wanted}
+        out = {t: np.concatenate([c[t] for c in chunks]) for t in wanted}
+        return {t: a.astype(np.float64) if a.dtype == np.float32 else a for t, a in out.items()}
 
     def _run(self, x: np.ndarray, wanted: list[str]) -> dict[str, np.ndarray]:
         values = {self.input: x}
@@ -496,8 +583,9 @@ class FunctionalModel:
             outs = fn(n, *ins)
             outs = outs if isinstance(outs, tuple) else (outs,)
             for t, dt, a in zip(n.proto.output, n.out_dts, outs):
-                check_datatype(n.name, t, dt, a)
-                values[t] = a
+                if not n.verified:
+                    check_datatype(n.name, t, dt, a)
+                values[t] = _compact(a, dt)
             for t in n.proto.input:
                 if self.last_use[t] == i and t not in wanted:
                     values.pop(t, None)

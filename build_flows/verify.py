@@ -1,6 +1,7 @@
 """`bnnflow verify`: real CIFAR-10 images through Brevitas and every FINN stage, compared exactly.
 
-Stages: Brevitas (PyTorch) -> QONNX (qonnx execution) -> streamlined FINN graph -> HW-layer
+Stages: Brevitas (PyTorch, in float64 as the exact reference, and in float32 for
+information) -> QONNX (qonnx execution) -> streamlined FINN graph -> HW-layer
 graph -> specialised, folded graph (functional execution of every *_hls/*_rtl node through its
 generic op with the final, minimised datatypes; see functional.py). Each stage's logits are
 mapped into the hardware's integer domain (the classifier's scale/offset that FINN absorbs
@@ -57,13 +58,20 @@ def to_integer_domain(logits: np.ndarray, a: float, b: float) -> tuple[np.ndarra
     return r.astype(np.int64), float(np.max(np.abs(z - r))) if z.size else 0.0
 
 
-def run_brevitas(net, x_nchw: np.ndarray, batch: int = 100) -> np.ndarray:
+def run_brevitas(net, x_nchw: np.ndarray, batch: int = 100, double: bool = True) -> np.ndarray:
+    """Brevitas logits; in float64 by default: float32 rounding can turn an exact .5 tie of the
+    model's arithmetic into a different integer (seen on ~1 % of images), while FINN's
+    thresholds are exact."""
+    import copy
+
     import torch
 
+    dtype = torch.float64 if double else torch.float32
+    net = copy.deepcopy(net).to(dtype)
     outs = []
     with torch.no_grad():
         for i in range(0, len(x_nchw), batch):
-            outs.append(net(torch.from_numpy(x_nchw[i:i + batch])).numpy())
+            outs.append(net(torch.from_numpy(x_nchw[i:i + batch]).to(dtype)).numpy())
     return np.concatenate(outs)
 
 
@@ -164,7 +172,8 @@ def verify_build(out_dir: Path, net, x_uint8: np.ndarray, labels: np.ndarray | N
         stages.append(st)
         console.print(f"  {name:<28} {n / max(dt, 1e-9):8.1f} images/s")
 
-    timed("Brevitas (PyTorch)", lambda: run_brevitas(net, x), True)
+    timed("Brevitas (PyTorch, float64)", lambda: run_brevitas(net, x), True)
+    timed("Brevitas (PyTorch, float32)", lambda: run_brevitas(net, x, double=False), True)
     timed("QONNX (qonnx exec)", lambda: run_qonnx(out_dir / flow.QONNX_FILE, x), True)
     timed("streamlined FINN graph", lambda: run_finn_graph(streamlined, x), False)
     hw = ModelWrapper(str(flow.intermediate_path(out_dir, HW_STEP)))
@@ -173,12 +182,13 @@ def verify_build(out_dir: Path, net, x_uint8: np.ndarray, labels: np.ndarray | N
     timed("specialised + folded graph", lambda: run_finn_graph(child, xf), False)
     ref = stages[0]
     compare(stages, ref)
+    informative = {"Brevitas (PyTorch, float32)"}  # what users run; float32 ties are not FINN's doing
     result = {
         "images": n,
         "logit_affine": [a, b],
         "stages": [{"stage": s.name, "identical_integer_logits": s.identical, "same_top1": s.same_top1,
                     "images_per_second": n / max(s.seconds, 1e-9), "note": s.note, **s.extra} for s in stages],
-        "all_identical": all(s.identical == n for s in stages),
+        "all_identical": all(s.identical == n for s in stages if s.name not in informative),
         "cppsim_rtlsim": cppsim_rtlsim_note(),
     }
     if labels is not None:

@@ -24,6 +24,10 @@ class Board:
     uram: int = 0
     shell_reserve: float = 0.10  # share kept free for the Zynq shell, DMA and interconnect
     default_target_fps: int = 1000
+    # Caps on the accelerator's estimated share of the WHOLE device (used by `bnnflow fold` and
+    # `fits`); for LUT and BRAM they replace shell_reserve, whose room they already leave.
+    lut_max: float = 0.85
+    bram_max: float = 0.95
 
     @property
     def clock_ns(self) -> float:
@@ -33,10 +37,16 @@ class Board:
     def bram18(self) -> int:
         return 2 * self.bram36
 
-    def budget(self) -> dict[str, float]:
-        """Resources available to the accelerator after the shell's share."""
+    def budget(self, lut_max: float | None = None, bram_max: float | None = None) -> dict[str, float]:
+        """Resources available to the accelerator: LUT/BRAM up to lut_max/bram_max of the device,
+        DSP/URAM after the shell's share."""
+        lut_max = self.lut_max if lut_max is None else lut_max
+        bram_max = self.bram_max if bram_max is None else bram_max
+        for name, value in (("LUT", lut_max), ("BRAM", bram_max)):
+            if not 0.0 < value <= 1.0:
+                raise BnnflowError(f"The {name} limit must be a share of the device in (0, 1], not {value}.")
         keep = 1.0 - self.shell_reserve
-        return {"LUT": self.lut * keep, "BRAM_18K": self.bram18 * keep, "DSP": self.dsp * keep,
+        return {"LUT": self.lut * lut_max, "BRAM_18K": self.bram18 * bram_max, "DSP": self.dsp * keep,
                 "URAM": self.uram * keep}
 
 

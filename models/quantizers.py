@@ -70,7 +70,7 @@ def binary_act() -> QuantIdentity:
 
 
 def quant_relu() -> QuantReLU:
-    return QuantReLU(act_quant=UnsignedStreamAct, return_quant_tensor=False)
+    return QuantReLU(act_quant=UnsignedStreamAct, return_quant_tensor=True)
 
 
 def binary_conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> QuantConv2d:
@@ -93,7 +93,8 @@ def trunc_avg_pool(kernel: int, in_bits: int, out_bits: int) -> TruncAvgPool2d:
     max_bits = in_bits + 2 * (kernel.bit_length() - 1)
     assert out_bits <= max_bits, f"trunc bits {out_bits} above {max_bits} would not be exact"
     trunc = type(f"FloorTrunc{out_bits}", (FloorTrunc,), {"bit_width": out_bits})
-    return TruncAvgPool2d(kernel_size=kernel, stride=kernel, trunc_quant=trunc, return_quant_tensor=False)
+    # QuantTensor out: the next conv (and the tie guard) must know the grid its input lies on
+    return TruncAvgPool2d(kernel_size=kernel, stride=kernel, trunc_quant=trunc, return_quant_tensor=True)
 
 
 class BipolarPad(nn.Module):

@@ -1,0 +1,651 @@
+"""`bnnflow train`: train any model variant from scratch on CIFAR-10, resumable and deterministic.
+
+The recipe is the seed paper's simple one (Bethge et al., "Back to Simplicity: How to Train
+Accurate BNNs from Scratch?"): no full-precision pre-training, no scaling factors (binary
+weights and activations are exactly +-1, which is what FINN's XNOR datapath computes), the
+straight-through estimator for sign, random crop (pad 4) and horizontal flip, and a cosine
+learning-rate schedule to zero.
+
+Optimizer: Adam (lr 2e-3, no weight decay) by default.  The gradients that reach binary
+latent weights through sign and batch norm are tiny and vary by orders of magnitude between
+layers; Adam's per-parameter normalisation moves every latent weight at a similar rate, so a
+single learning rate works for every model and variant without tuning, which is why the
+seed paper and most BNN work since (Bi-Real, ReActNet, "How do Adam and training strategies
+help BNNs optimization?", ICML 2021) use it; weight decay on binary latent weights only drags
+them towards zero, where their signs flip at random.  `--optimizer sgd` (momentum 0.9,
+lr 0.1) is kept for comparison, and `--optimizer psi` runs SGD on the PSI manifold
+(psi.py) for the scale-invariant weights and Adam for the rest.  `--recu` adds ReCU (recu.py).
+
+The logits of a bias-free classifier on binary features are large integers; the loss uses a
+learned positive temperature exp(s) * logits (training only: it never changes the argmax,
+so the exported network is unchanged).
+
+A run folder holds last.pt (everything --resume needs: weights, optimizer, schedule, RNG
+states, epoch, the quantisers' statistics-collection counters), best.pt (weights, batch-norm
+statistics and quantiser scales only, plus a manifest), log.csv / log.json and curve.png.
+Every epoch draws its shuffle and augmentation from a generator seeded by (seed, epoch), so a
+resumed run repeats an uninterrupted one exactly.
+
+This module keeps torch out of its import-time dependencies: `bnnflow --help` loads
+`add_train_parser` without importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bnnflow.errors import BnnflowError
+
+MODELS = ("resnete", "densenet", "cnv")
+OPTIMIZERS = ("adam", "sgd", "psi")
+DEFAULT_LR = {"adam": 2e-3, "sgd": 0.1, "psi": 2e-3}  # psi: lr of the Adam part
+DEFAULT_PSI_LR = 0.02
+RUN_FILES = ("last.pt", "best.pt", "log.csv", "log.json", "curve.png", "run.json")
+# recipe options: None on the command line means "default" for a new run, "as saved" for --resume
+RECIPE_DEFAULTS = dict(variant="default", epochs=150, batch_size=128, lr=None, optimizer="adam", psi_lr=DEFAULT_PSI_LR,
+                       momentum=0.9, weight_decay=0.0, seed=0, recu=False, tau_start=0.85, tau_end=0.99, subset=None,
+                       test_subset=None)
+FIXED_ON_RESUME = ("model", "variant", "batch_size", "lr", "optimizer", "psi_lr", "momentum", "weight_decay", "seed",
+                   "recu", "tau_start", "tau_end", "subset", "test_subset")
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    variant: str = "default"
+    epochs: int = 150
+    batch_size: int = 128
+    lr: float | None = None
+    optimizer: str = "adam"
+    psi_lr: float = DEFAULT_PSI_LR
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    recu: bool = False
+    tau_start: float = 0.85
+    tau_end: float = 0.99
+    subset: int | None = None
+    test_subset: int | None = None
+    data: str | None = None
+    out: str | None = None
+    resume: bool = False
+    force: bool = False
+    device: str = "auto"
+    threads: int | None = None
+    stop_after: int | None = None
+    progress: bool = True
+    explicit: set = field(default_factory=set)  # options given on the command line
+
+    def recipe(self) -> dict:
+        keys = ("model", "variant", "epochs", "batch_size", "lr", "optimizer", "psi_lr", "momentum", "weight_decay",
+                "seed", "recu", "tau_start", "tau_end", "subset", "test_subset")
+        d = {k: getattr(self, k) for k in keys}
+        if self.optimizer != "psi":
+            d.pop("psi_lr")
+        if self.optimizer == "adam":
+            d.pop("momentum")
+        if not self.recu:
+            d.pop("tau_start"), d.pop("tau_end")
+        return d
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train", help="train a model from scratch on CIFAR-10 (resumable, deterministic)",
+        description="Train a binary network from scratch on CIFAR-10 with the simple recipe of Bethge et al. "
+                    "(no pre-training, no scaling factors, straight-through sign, crop+flip augmentation, "
+                    "Adam with a cosine schedule). Writes a run folder with best.pt (for 'bnnflow build "
+                    "--checkpoint'), last.pt (for --resume), log.csv, log.json and curve.png.")
+    p.add_argument("model", nargs="?", help=f"network: {', '.join(MODELS)} (optional with --resume)")
+    p.add_argument("--variant", help="width/depth variant (see 'bnnflow models'); default: default")
+    p.add_argument("--epochs", type=int, help=f"training epochs; default: {RECIPE_DEFAULTS['epochs']}")
+    p.add_argument("--batch-size", type=int, help=f"default: {RECIPE_DEFAULTS['batch_size']}")
+    p.add_argument("--lr", type=float, help="peak learning rate of the cosine schedule; default: 2e-3 (adam, "
+                                            "and the Adam part of psi), 0.1 (sgd)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="adam (default); sgd (momentum); psi: SGD on the PSI "
+                                                           "manifold for weights feeding a sign or a batch norm, "
+                                                           "Adam for the rest")
+    p.add_argument("--psi-lr", type=float, help=f"learning rate of the PSI part; default: {DEFAULT_PSI_LR}")
+    p.add_argument("--momentum", type=float, help="momentum of sgd and psi; default: 0.9")
+    p.add_argument("--weight-decay", type=float, help="L2 on conv/linear weights outside PSI; default: 0")
+    p.add_argument("--recu", action=argparse.BooleanOptionalAction, default=None,
+                   help="ReCU: weight standardisation and rectified clamp of binary latent weights (off by default)")
+    p.add_argument("--tau-start", type=float, help="ReCU's tau at the first epoch; default: 0.85")
+    p.add_argument("--tau-end", type=float, help="ReCU's tau at the last epoch; default: 0.99")
+    p.add_argument("--seed", type=int, help="seed of weights, shuffling and augmentation; default: 0")
+    p.add_argument("--subset", type=int, help="train on the first N training images (quick runs)")
+    p.add_argument("--test-subset", type=int, help="evaluate on the first N test images (default: all 10,000)")
+    p.add_argument("--data", type=Path, help="CIFAR-10 copy: folder with cifar10_{train,test}.npz or "
+                                             "cifar-10-batches-py, or the train .npz (test beside it)")
+    p.add_argument("--out", type=Path, help="run folder; default: runs/MODEL-VARIANT[-recu][-psi]-sSEED")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where last.pt ended")
+    p.add_argument("--force", action="store_true", help="replace an existing run folder")
+    p.add_argument("--stop-after", type=int, metavar="EPOCH",
+                   help="stop once this many epochs are done (the schedule still spans --epochs; --resume goes on)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto (cuda if available)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch; default: all cores")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
+    return p
+
+
+def config_from_args(args) -> TrainConfig:
+    explicit = set()
+    values = {}
+    for key, default in RECIPE_DEFAULTS.items():
+        v = getattr(args, key, None)
+        if v is None:
+            values[key] = default
+        else:
+            values[key] = v
+            explicit.add(key)
+    if args.model is not None:
+        explicit.add("model")
+    return TrainConfig(model=args.model, data=str(args.data) if args.data else None,
+                       out=str(args.out) if args.out else None, resume=args.resume, force=args.force,
+                       device=args.device, threads=args.threads, stop_after=args.stop_after,
+                       progress=not args.no_progress, explicit=explicit, **values)
+
+
+def cmd_train(args) -> int:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    result = train(config_from_args(args), console)
+    return 0 if result is not None else 1
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+def check_config(cfg: TrainConfig) -> None:
+    from .zoo import get_variant
+
+    if cfg.model is None:
+        raise BnnflowError(f"Name the model to train ({', '.join(MODELS)}), or pass --resume with --out RUN_FOLDER.")
+    get_variant(cfg.model, cfg.variant)
+    positive = {"epochs": cfg.epochs, "batch-size": cfg.batch_size}
+    for name, v in positive.items():
+        if v < 1:
+            raise BnnflowError(f"--{name} must be at least 1, got {v}.")
+    if cfg.batch_size < 2:
+        raise BnnflowError("--batch-size must be at least 2: batch norm needs two images per batch.")
+    for name, v in (("lr", cfg.lr), ("psi-lr", cfg.psi_lr)):
+        if v is not None and not v > 0:
+            raise BnnflowError(f"--{name} must be positive, got {v}.")
+    if not 0 <= cfg.momentum < 1:
+        raise BnnflowError(f"--momentum must be in [0, 1), got {cfg.momentum}.")
+    if cfg.weight_decay < 0:
+        raise BnnflowError(f"--weight-decay must not be negative, got {cfg.weight_decay}.")
+    if cfg.recu and not 0.5 < cfg.tau_start <= cfg.tau_end < 1:
+        raise BnnflowError(f"ReCU needs 0.5 < --tau-start <= --tau-end < 1, got {cfg.tau_start} and {cfg.tau_end}.")
+    for name, v in (("subset", cfg.subset), ("test-subset", cfg.test_subset)):
+        if v is not None and v < 2:
+            raise BnnflowError(f"--{name} must be at least 2 images, got {v}.")
+    if cfg.stop_after is not None and cfg.stop_after < 1:
+        raise BnnflowError(f"--stop-after must be at least 1 epoch, got {cfg.stop_after}.")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise BnnflowError(f"--threads must be at least 1, got {cfg.threads}.")
+
+
+def default_out(cfg: TrainConfig) -> Path:
+    tags = "".join(t for t, on in (("-recu", cfg.recu), ("-psi", cfg.optimizer == "psi"),
+                                    ("-sgd", cfg.optimizer == "sgd")) if on)
+    return Path("runs") / f"{cfg.model}-{cfg.variant}{tags}-s{cfg.seed}"
+
+
+def plan_run_folder(cfg: TrainConfig) -> Path:
+    """The run folder; refuse to touch an existing one unless --resume or --force."""
+    if cfg.resume:
+        if cfg.out is None:
+            raise BnnflowError("--resume needs --out RUN_FOLDER: the folder of the run to continue.")
+        out = Path(cfg.out)
+        if not (out / "last.pt").is_file():
+            raise BnnflowError(f"There is no run to resume in {out} (no last.pt): start it without --resume.")
+        return out
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not cfg.force:
+            raise BnnflowError(f"Run folder {out} already exists: pass --resume to continue it, --force to replace "
+                               "it, or --out for a new folder.")
+        if not out.is_dir() or not any((out / f).exists() for f in RUN_FILES):
+            raise BnnflowError(f"{out} is not a bnnflow run folder, so --force will not delete it: choose another --out.")
+        shutil.rmtree(out)
+    return out
+
+
+def merge_resume(cfg: TrainConfig, saved: dict, path: Path) -> TrainConfig:
+    """The saved run's recipe, with a clear error where the command line asks for something else."""
+    for key in FIXED_ON_RESUME:
+        if key in cfg.explicit and getattr(cfg, key) != saved.get(key):
+            flag = "the model" if key == "model" else "--" + key.replace("_", "-")
+            raise BnnflowError(f"The run in {path} was trained with {flag} {saved.get(key)}, not {getattr(cfg, key)}: "
+                               "drop the option to resume it, or start a new run with another --out.")
+    merged = TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in FIXED_ON_RESUME if k in saved}})
+    merged.explicit = cfg.explicit
+    merged.epochs = cfg.epochs if "epochs" in cfg.explicit else saved["epochs"]
+    merged.data = cfg.data if cfg.data is not None else saved.get("data")
+    return merged
+
+
+# -------------------------------------------------------------------------------------------- data
+
+
+def load_data(cfg: TrainConfig) -> dict:
+    import numpy as np
+
+    from .checkpoint import file_sha256
+    from .data import _find_in_folder, cifar10_subset, default_data_dir, load_cifar10
+
+    source = Path(cfg.data).expanduser() if cfg.data else default_data_dir()
+    if source.is_file():
+        train_src, test_root = source, source.parent
+    else:
+        train_src, test_root = source, source
+    x, y = load_cifar10(train_src, "train")
+    xt, yt = load_cifar10(test_root, "test")
+    info = {}
+    for split, src in (("train", train_src), ("test", test_root)):
+        path = src if Path(src).is_file() else (_find_in_folder(Path(src), split) if Path(src).is_dir() else None)
+        info[split] = str(Path(path).resolve()) if path else str(src)
+        if path is not None and Path(path).is_file():
+            info[f"{split}_sha256"] = file_sha256(path)
+    if cfg.subset is not None:
+        if cfg.subset > len(x):
+            raise BnnflowError(f"--subset {cfg.subset} is more than the {len(x)} training images available.")
+        x, y = cifar10_subset(x, y, cfg.subset)
+    if cfg.test_subset is not None:
+        if cfg.test_subset > len(xt):
+            raise BnnflowError(f"--test-subset {cfg.test_subset} is more than the {len(xt)} test images available.")
+        xt, yt = cifar10_subset(xt, yt, cfg.test_subset)
+    info.update(train_images=int(len(x)), test_images=int(len(xt)))
+    return {"x": np.ascontiguousarray(x), "y": y, "xt": np.ascontiguousarray(xt), "yt": yt, "info": info}
+
+
+def to_device_tensors(data: dict, device):
+    """uint8 NCHW images and int64 labels on the device; floats are made per batch."""
+    import torch
+
+    def images(x):
+        return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
+
+    return (images(data["x"]), torch.from_numpy(data["y"]).to(device),
+            images(data["xt"]), torch.from_numpy(data["yt"]).to(device))
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BnnflowError("--device cuda was asked for but PyTorch sees no CUDA GPU: use --device cpu or auto.")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def epoch_generator(seed: int, epoch: int):
+    """The generator of one epoch's shuffle and augmentation: depends only on (seed, epoch)."""
+    import torch
+
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7_919 + 12_345) % (2**63))
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def prepare_model(cfg: TrainConfig, device):
+    """The network with this run's training-time parametrizations, and the logit temperature."""
+    import torch
+
+    from . import psi, recu
+    from .zoo import build_model
+
+    torch.manual_seed(cfg.seed)
+    net = build_model(cfg.model, cfg.variant)
+    if cfg.recu:
+        recu.apply_recu(net, recu.tau_schedule(0.0, cfg.tau_start, cfg.tau_end))
+    if cfg.optimizer == "psi":
+        psi.make_scale_invariant(net)
+    net.to(device)
+    classifier = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    binary = any(m is classifier for _, m in recu.binary_layers(net))
+    # binary classifier: logits are sums of +-1 over fan-in features, std ~ sqrt(fan_in)
+    s0 = -0.5 * math.log(classifier.in_features) if binary else 0.0
+    logit_scale = torch.nn.Parameter(torch.tensor(s0, device=device))
+    return net, logit_scale
+
+
+def make_optimizers(cfg: TrainConfig, net, logit_scale, device) -> list:
+    import torch
+
+    from . import psi
+
+    lr = cfg.lr
+    covered, psi_opts = set(), []
+    if cfg.optimizer == "psi":
+        groups, covered = psi.psi_param_groups(net, torch.zeros(2, 3, 32, 32, device=device))
+        psi_opts = [psi.PSI(groups, lr=cfg.psi_lr, momentum=cfg.momentum)]
+    decay, no_decay = [], []
+    for p in list(net.parameters()) + [logit_scale]:
+        if id(p) in covered:
+            continue
+        (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        base = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    else:
+        base = torch.optim.Adam(groups, lr=lr)
+    opts = [base] + psi_opts
+    for opt in opts:
+        for g in opt.param_groups:
+            g["base_lr"] = g["lr"]
+    return opts
+
+
+def cosine(step: int, total: int) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def quant_stats_state(net) -> dict:
+    """Brevitas' runtime-statistics quantisers (counter < 300 while they collect): their full state.
+
+    Their state_dict keeps only the averaged statistic and marks collection as finished on
+    load, so a resumed run would stop collecting early; this keeps the counter, buffer and raw value.
+    """
+    out = {}
+    for name, m in net.named_modules():
+        counter = getattr(m, "counter", None)
+        if isinstance(counter, int) and not isinstance(counter, bool):
+            out[name] = {"counter": counter,
+                         "buffers": {k: v.detach().clone() for k, v in m._buffers.items() if v is not None},
+                         "params": {k: v.detach().clone() for k, v in m._parameters.items() if v is not None}}
+    return out
+
+
+def restore_quant_stats(net, state: dict) -> None:
+    import torch
+
+    modules = dict(net.named_modules())
+    for name, s in state.items():
+        m = modules[name]
+        m.counter = s["counter"]
+        with torch.no_grad():
+            for k, v in s["buffers"].items():
+                m._buffers[k].copy_(v)
+            for k, v in s["params"].items():
+                m._parameters[k].copy_(v)
+
+
+def rng_state() -> dict:
+    import random
+
+    import numpy as np
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+def evaluate_tensors(net, x_uint8, y, logit_scale=None, batch: int = 500) -> tuple[float, float, "object"]:
+    """(mean loss, top-1, predictions) of `net` in eval mode on uint8 NCHW images."""
+    import torch
+    import torch.nn.functional as F
+
+    was = net.training
+    net.eval()
+    loss_sum, correct, preds = 0.0, 0, []
+    scale = logit_scale.exp() if logit_scale is not None else 1.0
+    with torch.no_grad():
+        for i in range(0, len(x_uint8), batch):
+            logits = net(x_uint8[i:i + batch].float())
+            loss_sum += float(F.cross_entropy(logits * scale, y[i:i + batch], reduction="sum"))
+            p = logits.argmax(1)
+            preds.append(p)
+            correct += int((p == y[i:i + batch]).sum())
+    net.train(was)
+    n = max(len(x_uint8), 1)
+    return loss_sum / n, correct / n, torch.cat(preds) if preds else None
+
+
+# ------------------------------------------------------------------------------------------- logs
+
+
+LOG_COLUMNS = ("epoch", "train_loss", "train_top1", "test_loss", "test_top1", "lr", "tau", "seconds", "images_per_s")
+
+
+def write_logs(out: Path, history: list[dict], title: str) -> None:
+    from bnnflow.atomic import write_json, write_text
+
+    lines = [",".join(LOG_COLUMNS)]
+    for row in history:
+        lines.append(",".join("" if row.get(c) is None else (f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c]))
+                              for c in LOG_COLUMNS))
+    write_text(out / "log.csv", "\n".join(lines) + "\n")
+    write_json(out / "log.json", history)
+    plot_curve(out / "curve.png", history, title)
+
+
+def plot_curve(path: Path, history: list[dict], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bnnflow.atomic import atomic_path
+
+    ep = [r["epoch"] for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(ep, [r["train_loss"] for r in history], "o-", label="train (augmented)")
+    a.plot(ep, [r["test_loss"] for r in history], "s-", label="test")
+    a.set_xlabel("epoch"), a.set_ylabel("cross-entropy"), a.legend(), a.grid(alpha=0.3)
+    b.plot(ep, [100 * r["train_top1"] for r in history], "o-", label="train (augmented)")
+    b.plot(ep, [100 * r["test_top1"] for r in history], "s-", label="test")
+    b.set_xlabel("epoch"), b.set_ylabel("top-1 (%)"), b.legend(), b.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ train
+
+
+def train(cfg: TrainConfig, console=None) -> dict:
+    """Run (or resume) one training run; returns a summary dict."""
+    import torch
+    import torch.nn.functional as F
+    from rich.console import Console
+    from tqdm import tqdm
+
+    from bnnflow.atomic import write_json
+
+    from . import recu
+    from .checkpoint import read_checkpoint, save_checkpoint
+    from .data import augment
+
+    console = console or Console(quiet=True)
+    saved = None
+    if cfg.resume:
+        out = plan_run_folder(cfg)
+        saved = read_checkpoint(out / "last.pt")
+        if "train_state" not in saved:
+            raise BnnflowError(f"{out / 'last.pt'} has no training state (it is not a last.pt of 'bnnflow train'): "
+                               "resume from the run folder that wrote it.")
+        cfg = merge_resume(cfg, saved["train_state"]["config"], out / "last.pt")
+        check_config(cfg)
+    else:
+        check_config(cfg)
+        if cfg.lr is None:
+            cfg.lr = DEFAULT_LR[cfg.optimizer]
+        out = plan_run_folder(cfg)
+    if cfg.stop_after is not None and saved is not None and saved["train_state"]["epoch"] >= min(cfg.stop_after, cfg.epochs):
+        console.print(f"The run in {out} already has {saved['train_state']['epoch']} epochs: nothing to do.")
+        return {"out": out, "history": saved["train_state"]["history"], "stopped": True}
+
+    device = pick_device(cfg.device)
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    data = load_data(cfg)
+    if saved is not None:
+        old = saved["train_state"]["data"]
+        for key in ("train_sha256", "test_sha256", "train_images", "test_images"):
+            if key in old and key in data["info"] and old[key] != data["info"][key]:
+                raise BnnflowError(f"The CIFAR-10 copy differs from the one the run in {out} started with ({key}): "
+                                   "pass the same --data to resume.")
+    x, y, xt, yt = to_device_tensors(data, device)
+    n = len(x)
+    bs = min(cfg.batch_size, n)
+    steps_per_epoch = max(n // bs, 1)
+    total_steps = steps_per_epoch * cfg.epochs
+
+    net, logit_scale = prepare_model(cfg, device)
+    opts = make_optimizers(cfg, net, logit_scale, device)
+    history, start_epoch, best = [], 0, -1.0
+    if saved is not None:
+        st = saved["train_state"]
+        try:
+            net.load_state_dict(saved["state_dict"], strict=True)
+            restore_quant_stats(net, st["quant_stats"])
+            with torch.no_grad():
+                logit_scale.copy_(st["logit_scale"])
+            if len(st["optimizers"]) != len(opts):
+                raise ValueError("optimizer count")
+            for opt, s in zip(opts, st["optimizers"]):
+                opt.load_state_dict(s)
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise BnnflowError(f"{out / 'last.pt'} does not fit {cfg.model}/{cfg.variant} with this recipe "
+                               f"({type(exc).__name__}): it was written by another version; start a new run.") from None
+        set_rng_state(st["rng"])
+        history, start_epoch, best = st["history"], st["epoch"], st["best_top1"]
+        console.print(f"Resuming {out} after epoch {start_epoch} of {cfg.epochs}.")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+
+    run_info = {"config": cfg.recipe(), "data": data["info"], "device": str(device),
+                "command": "bnnflow train", "out": str(out)}
+    write_json(out / "run.json", {**run_info, "status": "running"})
+    title = (f"{cfg.model}/{cfg.variant} " + ("ReCU " if cfg.recu else "") + f"{cfg.optimizer} "
+             f"({data['info']['train_images']} train images)")
+    end_epoch = min(cfg.epochs, cfg.stop_after) if cfg.stop_after else cfg.epochs
+    console.print(f"Training [bold]{cfg.model}/{cfg.variant}[/] on {n} CIFAR-10 images for epochs "
+                  f"{start_epoch + 1}..{end_epoch} of {cfg.epochs} on {device} "
+                  f"({torch.get_num_threads()} threads), run folder {out}")
+    tty = sys.stderr.isatty()
+
+    for epoch in range(start_epoch, end_epoch):
+        tau = None
+        if cfg.recu:
+            tau = recu.tau_schedule(epoch / cfg.epochs, cfg.tau_start, cfg.tau_end)
+            recu.set_tau(net, tau)
+        gen = epoch_generator(cfg.seed, epoch)
+        perm = torch.randperm(n, generator=gen).to(device)
+        net.train()
+        t0 = time.time()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=not cfg.progress, mininterval=0.5 if tty else 60, file=sys.stderr, dynamic_ncols=True)
+        for i in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + i
+            factor = cosine(step, total_steps)
+            for opt in opts:
+                for g in opt.param_groups:
+                    g["lr"] = g["base_lr"] * factor
+            idx = perm[i * bs:(i + 1) * bs]
+            xb = augment(x[idx].float(), gen)
+            yb = y[idx]
+            logits = net(xb)
+            loss = F.cross_entropy(logits * logit_scale.exp(), yb)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in opts:
+                opt.step()
+            if not torch.isfinite(loss.detach()):
+                raise BnnflowError(f"The loss became {float(loss.detach())} at epoch {epoch + 1}: lower --lr (or --psi-lr) "
+                                   "and start again with --force.")
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(idx)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}", refresh=False)
+        bar.close()
+        seconds = time.time() - t0
+        test_loss, test_top1, _ = evaluate_tensors(net, xt, yt, logit_scale)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
+               "test_loss": test_loss, "test_top1": test_top1, "lr": opts[0].param_groups[0]["lr"], "tau": tau,
+               "seconds": round(seconds, 2),
+               "images_per_s": round(seen / seconds, 1)}
+        history.append(row)
+        improved = test_top1 > best
+        if improved:
+            best = test_top1
+            meta = {"trained_with": "bnnflow train", "dataset": data["info"], "epochs": cfg.epochs,
+                    "epoch": epoch + 1, "seed": cfg.seed, "recipe": cfg.recipe(), "test_top1": test_top1,
+                    "test_images": int(len(xt)), "test_top1_is_full_test_set": int(len(xt)) == 10_000}
+            save_checkpoint(out / "best.pt", _cpu(net, baked=True), cfg.model, cfg.variant, meta=meta)
+        state = {"config": {**{k: getattr(cfg, k) for k in FIXED_ON_RESUME}, "epochs": cfg.epochs, "data": cfg.data},
+                 "data": data["info"], "epoch": epoch + 1, "history": history, "best_top1": best,
+                 "optimizers": [opt.state_dict() for opt in opts], "quant_stats": quant_stats_state(net),
+                 "logit_scale": logit_scale.detach().cpu(), "rng": rng_state(),
+                 "schedule": {"kind": "cosine", "step": (epoch + 1) * steps_per_epoch, "total_steps": total_steps}}
+        save_checkpoint(out / "last.pt", _cpu(net, baked=False), cfg.model, cfg.variant,
+                        meta={"epoch": epoch + 1, "epochs": cfg.epochs}, extra={"train_state": state})
+        write_logs(out, history, title)
+        console.print(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.3f}  train {row['train_top1']:6.1%}"
+                      f"  test {test_top1:6.1%}{' (best)' if improved else ''}  {row['images_per_s']:.0f} img/s"
+                      f"  {seconds:.0f} s")
+
+    done = len(history) >= cfg.epochs
+    write_json(out / "run.json", {**run_info, "status": "finished" if done else "stopped",
+                                  "epochs_done": len(history), "best_test_top1": best})
+    if done:
+        console.print(f"Finished: best test top-1 {best:.2%}; checkpoint {out / 'best.pt'} "
+                      f"(use it with 'bnnflow build {cfg.model} --variant {cfg.variant} --checkpoint ...').")
+    else:
+        console.print(f"Stopped after epoch {len(history)} of {cfg.epochs}: continue with "
+                      f"'bnnflow train --resume --out {out}'.")
+    return {"out": out, "history": history, "best_top1": best, "stopped": not done}
+
+
+def _cpu(net, baked: bool):
+    """A CPU view of the state to save: baked (plain weights) for best.pt, raw parametrized for last.pt."""
+    from .recu import baked_state_dict
+
+    class _Holder:  # save_checkpoint only calls state_dict()
+        def __init__(self, sd):
+            self.sd = {k: v.detach().cpu().clone() if hasattr(v, "detach") else v for k, v in sd.items()}
+
+        def state_dict(self):
+            return self.sd
+
+    return _Holder(baked_state_dict(net) if baked else net.state_dict())

