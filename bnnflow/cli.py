@@ -46,7 +46,8 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing build folder")
     p.add_argument("--target-fps", type=int, help="let FINN pick the folding for this frame rate "
                                                    "(used when the board has no folding config for the model)")
-    p.add_argument("--folding", type=Path, help="folding config JSON to apply instead of hw/folding/BOARD/MODEL-VARIANT.json")
+    p.add_argument("--folding", type=Path, help="folding config JSON to apply instead of hw/folding/BOARD/MODEL-VARIANT.json, "
+                                                "or 'auto' for bnnflow's folding search (see 'bnnflow fold')")
     p.add_argument("--seed", type=int, default=0, help="seed for random weights; default: %(default)s")
 
 
@@ -89,6 +90,36 @@ def parser() -> argparse.ArgumentParser:
     add_deploy_parser(sub)
     _light("train").add_train_parser(sub)
     _light("evaluate").add_evaluate_parser(sub)
+
+    p = sub.add_parser("fold", help="search the fastest folding that fits the board; write it as a folding config",
+                       description="Builds the model up to specialize_layers (reusing an up-to-date build folder), "
+                                   "chooses PE/SIMD and memory styles for every layer to maximise the estimated "
+                                   "FPS within the LUT/BRAM limits (FIFOs and width converters counted), sizes "
+                                   "the FIFOs of residual/dense joins, prints the result and writes FINN's "
+                                   "folding-config JSON for 'bnnflow build --folding FILE'.")
+    _model_args(p)
+    p.add_argument("--lut-max", type=float, default=0.85, help="share of the device's LUTs the design may use; "
+                                                               "default: %(default)s")
+    p.add_argument("--bram-max", type=float, default=0.95, help="share of the device's BRAM the design may use; "
+                                                                "default: %(default)s")
+    p.add_argument("--out", type=Path, help="folding config to write; default: BUILD/auto_folding.json")
+    p.add_argument("--build", type=Path, help="build folder; default: build/MODEL-VARIANT-BOARD")
+    p.add_argument("--force", action="store_true", help="rebuild the build folder even if it is up to date")
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights; default: %(default)s")
+    p.add_argument("--compare", action="store_true", help="also run FINN's target_fps heuristic (SetFolding) "
+                                                          "and compare")
+
+    p = sub.add_parser("benchmark", help="accuracy vs estimated FPS of every model at three widths (table + plot)",
+                       description="Builds ResNetE, BinaryDenseNet and CNV-W1A1 at three widths each to the "
+                                   "estimates with the searched folding (2 processes, builds cached in --dir), "
+                                   "then prints and plots accuracy against estimated FPS on the board.")
+    p.add_argument("--board", default="pynq-z2", help="target board; default: %(default)s")
+    p.add_argument("--dir", type=Path, default=Path("build/benchmark"), help="cache of build folders; "
+                                                                               "default: %(default)s")
+    p.add_argument("--jobs", type=int, default=2, help="parallel builds; default: %(default)s")
+    p.add_argument("--only", nargs="*", metavar="MODEL[/VARIANT]", help="restrict to these models/variants")
+    p.add_argument("--force", action="store_true", help="rebuild even up-to-date builds")
+    p.add_argument("--plot", type=Path, help="PNG to write; default: DIR/benchmark.png")
     return ap
 
 
@@ -232,7 +263,19 @@ def cmd_evaluate(args) -> int:
     return evaluate(args)
 
 
-COMMANDS = {"models": cmd_models, "boards": cmd_boards, "steps": cmd_steps, "export": cmd_export,
+def cmd_fold(args) -> int:
+    from bnnflow.build_flows.folding import cmd_fold as fold
+
+    return fold(args)
+
+
+def cmd_benchmark(args) -> int:
+    from bnnflow.build_flows.benchmark import cmd_benchmark as benchmark
+
+    return benchmark(args)
+
+
+COMMANDS = {"fold": cmd_fold, "benchmark": cmd_benchmark, "models": cmd_models, "boards": cmd_boards, "steps": cmd_steps, "export": cmd_export,
             "build": cmd_build, "estimate": cmd_estimate, "verify": cmd_verify, "deploy": cmd_deploy,
             "train": cmd_train, "evaluate": cmd_evaluate}
 

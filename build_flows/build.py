@@ -45,7 +45,15 @@ def default_out(model: str, variant: str, board: str) -> Path:
     return Path("build") / f"{model}-{variant}-{board}"
 
 
-def folding_file(model: str, variant: str, board: Board, override: Path | None) -> Path | None:
+AUTO_FOLDING = "auto"  # --folding auto: bnnflow's folding search after specialize_layers
+
+
+def folding_file(model: str, variant: str, board: Board, override: Path | None,
+                 out: Path | None = None) -> Path | None:
+    if override is not None and str(override) == AUTO_FOLDING and out is not None:
+        from .folding import AUTO_FOLDING_FILE
+
+        return Path(out) / AUTO_FOLDING_FILE  # written by the search once the graph is specialised
     if override is not None:
         if not Path(override).is_file():
             raise BnnflowError(f"Folding config {override} does not exist: pass a JSON file like those in hw/folding/.")
@@ -118,7 +126,8 @@ def run_build(req: BuildRequest, console: Console | None = None) -> dict:
     start = plan_folder(req, out)
     stop = req.stop_after or flow.STEP_NAMES[-1]
     flow.step_index(stop)
-    fold = folding_file(req.model, req.variant, board, req.folding)
+    fold = folding_file(req.model, req.variant, board, req.folding, out)
+    auto = req.folding is not None and str(req.folding) == AUTO_FOLDING
     cfg = flow.make_config(out, board, fold, req.target_fps)
     out.mkdir(parents=True, exist_ok=True)
     state = flow.BuildState(out)
@@ -155,9 +164,13 @@ def run_build(req: BuildRequest, console: Console | None = None) -> dict:
             status.update(f"[{counter['i']}/{total}] {step.title} ({step.name})...")
         else:
             console.print(f"  [green]done[/] [{counter['i']}/{total}] {step.title:<34} {time.time() - t_step[0]:6.1f} s")
+            if auto and step.name == "specialize_layers":
+                _auto_fold(out, board, req, console)
 
     stopped = None
     try:
+        if auto and flow.step_index(start) > flow.step_index("specialize_layers") and not fold.exists():
+            _auto_fold(out, board, req, console)
         flow.run_steps(out, cfg, start, stop, on_step)
     except MissingToolError as exc:
         stopped = exc
@@ -169,6 +182,16 @@ def run_build(req: BuildRequest, console: Console | None = None) -> dict:
             summary["weights"] = state.data.get("weights") or flow.BuildState(out).data.get("weights")
     console.print(f"{'Stopped' if stopped else 'Finished'} after {time.time() - t_start:.0f} s.")
     return {"out": out, "summary": summary, "board": board, "stopped": stopped}
+
+
+def _auto_fold(out: Path, board: Board, req: BuildRequest, console: Console) -> None:
+    from .folding import fold_build
+
+    t0 = time.time()
+    result, path = fold_build(out, board, name=f"{req.model}/{req.variant}")
+    ev = result.evaluation
+    console.print(f"  [green]done[/] folding search: {ev.fps:,.0f} FPS estimated, LUT {ev.total['LUT']:,.0f}, "
+                  f"BRAM18 {ev.total['BRAM_18K']:.0f} (FIFOs included) -> {path.name} {time.time() - t0:6.1f} s")
 
 
 def show_result(result: dict, console: Console) -> None:

@@ -32,9 +32,12 @@ The model (one FINN node = one process, one stream = one FIFO):
   cycle, and an element written in cycle t can be read from t+1 on (FINN's fifo.sv);
 * weights stream from the MVAU's own memory, the input never runs dry, the output never blocks.
 Simulating three frames gives the first-frame latency, the steady-state cycles per frame,
-deadlocks (no process can move) and the largest occupancy of every FIFO. The depth of a join
-FIFO is that largest occupancy (with the join FIFOs unbounded and FINN's depth 2 everywhere
-else) plus one, so that it never fills and the schedule is exactly the unbounded one, plus
+deadlocks (no process can move) and the largest occupancy of every FIFO. A first run with all
+join FIFOs unbounded tells, for each join, which input it waits on (the long branch); a second
+run keeps the long input at FINN's depth 2 (so back-pressure from below the join still reaches
+the fork through the long branch) and the short inputs unbounded. A short FIFO's depth is its
+largest occupancy there plus one, so that it never fills and the schedule is exactly that
+run's, plus
 PIPELINE_SLACK elements per node of the other branch for the pipeline latency of the real
 hardware, which the model leaves out. The depths become the join node's `inFIFODepths`,
 which FINN 1.6.1's InsertFIFO reads when it creates the FIFOs (max of the producer's

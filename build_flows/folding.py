@@ -34,6 +34,7 @@ on the same graph and scores both with the same estimator.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -184,7 +185,8 @@ def _mvau_options(sc: _Scorer, node, swg, mvau_wwidth_max: int) -> list[Option]:
         k = int(np.prod(sinst.get_nodeattr("ConvKernelDim")))
         pairs = [(s, {"SIMD": s, "parallel_window": 0}) for s in divisors(c)]
         if k > 1 and mw == k * c:
-            pairs.append((mw, {"SIMD": c, "parallel_window": 1}))
+            # whole windows per cycle; an MVAU SIMD below MW takes them through a width converter
+            pairs += [(s, {"SIMD": c, "parallel_window": 1}) for s in divisors(mw) if s > c or s == mw]
     else:
         pairs = [(s, None) for s in divisors(mw)]
     pairs = [(s, sw) for s, sw in pairs if s == 1 or s * wbits <= mvau_wwidth_max]
@@ -664,10 +666,22 @@ def set_folding(model: ModelWrapper, board: Board, target_fps: float,
     """FINN's SetFolding heuristic (what step_target_fps_parallelization does)."""
     cycles = max(1, int(board.clock_mhz * 1e6 / target_fps))
     m = ModelWrapper(copy.deepcopy(model.model))
+    with _quiet_finn():
+        return m.transform(SetFolding(cycles, mvau_wwidth_max=mvau_wwidth_max, two_pass_relaxation=True))
+
+
+@contextlib.contextmanager
+def _quiet_finn():
+    """SetFolding warns per node that misses its target; keep that off the console."""
     import logging
 
-    logging.getLogger("finn").setLevel(logging.ERROR)
-    return m.transform(SetFolding(cycles, mvau_wwidth_max=mvau_wwidth_max, two_pass_relaxation=True))
+    logger = logging.getLogger("finn_logger")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def best_target_fps(model: ModelWrapper, board: Board, budget: dict[str, float],
@@ -742,6 +756,49 @@ AUTO_FOLDING_FILE = "auto_folding.json"
 FOLD_REPORT_FILE = "fold_report.json"
 
 
+def build_matches(out_dir: Path, model: str, variant: str, board: Board, checkpoint: Path | None,
+                  seed: int = 0) -> bool:
+    """Does the build folder hold this model, variant, board and weights (checkpoint hash or seed)?"""
+    from bnnflow.models.checkpoint import file_sha256
+
+    from . import flow
+
+    data = flow.BuildState(Path(out_dir)).data
+    if (data.get("model"), data.get("variant"), data.get("board")) != (model, variant, board.name):
+        return False
+    if checkpoint is not None:
+        return data.get("checkpoint_sha256") == file_sha256(checkpoint)
+    return data.get("checkpoint") is None and data.get("seed", 0) == seed
+
+
+def ensure_specialised(model: str, variant: str, board: Board, out_dir: Path, checkpoint: Path | None = None,
+                       seed: int = 0, force: bool = False, console=None) -> tuple[Path, bool]:
+    """A build folder with the graph saved after specialize_layers: reused when it holds the same
+    model and weights, resumed when it stopped earlier, built otherwise. (folder, reused?)"""
+    from rich.console import Console
+
+    from . import flow
+    from .build import BuildRequest, run_build
+
+    console = console or Console(quiet=True)
+    out_dir = Path(out_dir).resolve()
+    state = flow.BuildState(out_dir)
+    exists = out_dir.exists() and any(out_dir.iterdir())
+    matches = exists and build_matches(out_dir, model, variant, board, checkpoint, seed)
+    if matches and not force and SPECIALISED_STEP in state.done \
+            and flow.intermediate_path(out_dir, SPECIALISED_STEP).exists():
+        return out_dir, True
+    if exists and not matches and not force:
+        raise BnnflowError(f"Build folder {out_dir} holds another model or other weights: pass --force to "
+                           "rebuild it there, or --build for another folder.")
+    resume = matches and not force and bool(state.done) and \
+        flow.STEP_NAMES.index(state.done[-1]) < flow.STEP_NAMES.index(SPECIALISED_STEP)
+    req = BuildRequest(model=model, variant=variant, board=board.name, checkpoint=checkpoint, out=out_dir,
+                       resume=resume, force=not resume, stop_after=SPECIALISED_STEP, seed=seed)
+    run_build(req, console)
+    return out_dir, False
+
+
 def fold_report(result: FoldResult) -> dict:
     ev = result.evaluation
     plan = ev.fifo_plan
@@ -773,7 +830,7 @@ def _folding_text(attrs: dict) -> str:
             parts.append(f"{k}={attrs[k]}")
     if attrs.get("parallel_window"):
         parts.append("parallel window")
-    if "mem_mode" in attrs:
+    if "mem_mode" in attrs and "SIMD" in attrs and "PE" in attrs:
         parts.append("weights " + ("embedded" if attrs["mem_mode"] == "internal_embedded" else
                                    {"block": "BRAM", "distributed": "LUTRAM"}.get(attrs.get("ram_style"), "auto")))
     if attrs.get("resType") == "dsp":
@@ -839,6 +896,38 @@ def print_comparison(cmp: dict, console=None) -> None:
     console.print(table)
     if cmp.get("speedup_vs_best_baseline"):
         console.print(f"search / best fitting SetFolding: {cmp['speedup_vs_best_baseline']:.2f}x")
+
+
+def cmd_fold(args) -> int:
+    """`bnnflow fold MODEL`: build to specialize_layers, search, print, write the folding config."""
+    from rich.console import Console
+
+    from bnnflow.hw.boards import get_board
+    from bnnflow.models.zoo import get_variant
+
+    from .build import default_out
+
+    console = Console()
+    get_variant(args.model, args.variant)
+    board = get_board(args.board)
+    board.budget(args.lut_max, args.bram_max)  # validates the limits
+    out_dir = Path(args.build or default_out(args.model, args.variant, board.name))
+    with console.status(f"Building {args.model}/{args.variant} up to {SPECIALISED_STEP}..."):
+        out_dir, reused = ensure_specialised(args.model, args.variant, board, out_dir, args.checkpoint, args.seed,
+                                             args.force, Console(quiet=True))
+    console.print(f"{'Reusing' if reused else 'Built'} the specialised graph in {out_dir}.")
+    name = f"{args.model}/{args.variant}"
+    with console.status("Searching the folding..."):
+        result, path = fold_build(out_dir, board, args.out, args.lut_max, args.bram_max, name=name)
+    print_fold(result, console)
+    console.print(f"Wrote {path}: 'bnnflow build {args.model} --variant {args.variant} --folding {path}' "
+                  "applies it (edit PE/SIMD there to tune by hand).")
+    if args.compare:
+        with console.status("Running FINN's target_fps heuristic for comparison..."):
+            cmp = compare_with_target_fps(specialised_model(out_dir), board, args.lut_max, args.bram_max, name=name)
+        write_json(out_dir / "fold_comparison.json", cmp)
+        print_comparison(cmp, console)
+    return 0
 
 
 def load_config(path: Path) -> dict:

@@ -28,7 +28,9 @@ from .steps import LOGIT_AFFINE_KEY
 STREAMLINED_STEP = "insert_topk"
 HW_STEP = "minimize_bit_width_initial"
 FOLDED_STEP = "generate_estimate_reports"
-INTEGER_TOLERANCE = 1e-3  # float32 logits of a scale-s integer are within s*1e-6 of it
+# Float logits map to integers within float error: the logit scale itself is a float32 product.
+INTEGER_TOLERANCE = 1e-3
+RELATIVE_TOLERANCE = 2e-6
 
 
 @dataclass
@@ -52,10 +54,12 @@ def _affine(model) -> tuple[float, float]:
 
 
 def to_integer_domain(logits: np.ndarray, a: float, b: float) -> tuple[np.ndarray, float]:
-    """Map float logits to the hardware's integers: (logits - b) / a, and the worst distance to an integer."""
+    """Map float logits to the hardware's integers: (logits - b) / a, and how far the worst one is
+    from its integer beyond float error (0 when all are integers)."""
     z = (logits.astype(np.float64) - b) / a
     r = np.rint(z)
-    return r.astype(np.int64), float(np.max(np.abs(z - r))) if z.size else 0.0
+    excess = np.abs(z - r) - RELATIVE_TOLERANCE * np.abs(r)
+    return r.astype(np.int64), float(max(0.0, np.max(excess))) if z.size else 0.0
 
 
 def run_brevitas(net, x_nchw: np.ndarray, batch: int = 100, double: bool = True) -> np.ndarray:
