@@ -386,6 +386,7 @@ def simulate(g: StreamGraph, depths: dict[int, int | None] | None = None, frames
     base = np.concatenate([[0], np.cumsum(steps)[:-1]]).astype(np.int64)
     total = steps * frames
     rflags, wflags, ein, eout = [], [], [], []
+    used = [np.array([k < len(p.ins) for p in seq], dtype=bool) for k in range(n_in)]
     for k in range(n_in):
         rflags.append(np.concatenate([p.reads[k] if k < len(p.ins) else np.zeros(p.steps, bool) for p in seq]))
         ein.append(np.array([p.ins[k] if k < len(p.ins) else src for p in seq], dtype=np.int64))
@@ -467,9 +468,15 @@ def simulate(g: StreamGraph, depths: dict[int, int | None] | None = None, frames
             cycle += jump
             continue
         if track_waits:
+            # waiting on an empty input while another input has data: that input is the late one
             live = pc < total
+            full_in = [used[k] & (occ[ein[k]] > 0) for k in range(n_in)]
             for k in range(n_in):
-                waits[ein[k]] += live & reads[k] & (occ[ein[k]] <= 0)
+                others = np.zeros_like(live)
+                for j in range(n_in):
+                    if j != k:
+                        others |= full_in[j]
+                waits[ein[k]] += live & reads[k] & ~full_in[k] & used[k] & others
         pc += ok
         for k in range(n_in):
             m = ok & reads[k]

@@ -174,27 +174,34 @@ def _pareto(options: list[Option]) -> list[Option]:
 
 
 def _mvau_options(sc: _Scorer, node, swg, mvau_wwidth_max: int) -> list[Option]:
+    """MVAU foldings; with a window generator in front, each with the window generators worth pairing.
+
+    For an MVAU folding of c cycles the generator takes the narrowest SIMD that still keeps up
+    (what SetFolding does; a width converter joins the two), the SIMD equal to the MVAU's (no
+    converter), or whole windows per cycle (parallel_window) when no SIMD keeps up.
+    """
     inst = sc.insts[node.name]
     mw, mh = inst.get_nodeattr("MW"), inst.get_nodeattr("MH")
     wbits = inst.get_input_datatype(1).bitwidth()
     xnor = bool(inst.get_nodeattr("binaryXnorMode"))
     hls = is_hls_node(node)
+    simds = [s for s in divisors(mw) if s == 1 or s * wbits <= mvau_wwidth_max]
+    res_types = ["lut", "dsp"] if hls and not xnor else [None]
+    swg_opts: list[tuple[int, dict]] = []  # (cycles, attrs)
     if swg is not None:
         sinst = sc.insts[swg.name]
         c = sinst.get_nodeattr("IFMChannels")
         k = int(np.prod(sinst.get_nodeattr("ConvKernelDim")))
-        pairs = [(s, {"SIMD": s, "parallel_window": 0}) for s in divisors(c)]
-        if k > 1 and mw == k * c:
-            # whole windows per cycle; an MVAU SIMD below MW takes them through a width converter
-            pairs += [(s, {"SIMD": c, "parallel_window": 1}) for s in divisors(mw) if s > c or s == mw]
-    else:
-        pairs = [(s, None) for s in divisors(mw)]
-    pairs = [(s, sw) for s, sw in pairs if s == 1 or s * wbits <= mvau_wwidth_max]
-    res_types = ["lut", "dsp"] if hls and not xnor else [None]
+        cands = [{"SIMD": x, "parallel_window": 0} for x in divisors(c)]
+        if k > 1:
+            cands.append({"SIMD": c, "parallel_window": 1})
+        for a in cands:
+            for ram in ("distributed", "block"):
+                r = sc.score(swg.name, {**a, "ram_style": ram})
+                if r is not None:
+                    swg_opts.append((r[0], {**a, "ram_style": ram}))
     options = []
-    for simd, swg_attrs in pairs:
-        swg_parts = [[]] if swg_attrs is None else \
-            [[(swg.name, {**swg_attrs, "ram_style": ram})] for ram in ("distributed", "block")]
+    for simd in simds:
         for pe in divisors(mh):
             wide = pe * simd * wbits > MAX_ALLOWED_AP_INT_W
             mems = [("internal_embedded", "auto")] if (hls and wide) else \
@@ -205,11 +212,31 @@ def _mvau_options(sc: _Scorer, node, swg, mvau_wwidth_max: int) -> list[Option]:
                              "runtime_writeable_weights": 0}
                     if res_type:
                         attrs["resType"] = res_type
-                    for sp in swg_parts:
-                        o = sc.option(sp + [(node.name, attrs)])
+                    m = sc.score(node.name, attrs)
+                    if m is None:
+                        continue
+                    if swg is None:
+                        options.append(sc.option([(node.name, attrs)]))
+                        continue
+                    picks = []
+                    for ram_s in ("distributed", "block"):
+                        mine = [(cyc, a) for cyc, a in swg_opts if a["ram_style"] == ram_s]
+                        keeping = [(cyc, a) for cyc, a in mine if cyc <= m[0] and not a["parallel_window"]]
+                        if keeping:
+                            picks.append(min(keeping, key=lambda x: x[1]["SIMD"])[1])
+                        else:
+                            picks += [a for cyc, a in mine if a["parallel_window"]]
+                        picks += [a for cyc, a in mine if a["SIMD"] == simd and not a["parallel_window"]]
+                    seen = set()
+                    for a in picks:
+                        key = tuple(sorted(a.items()))
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                        o = sc.option([(swg.name, a), (node.name, attrs)])
                         if o is not None:
                             options.append(o)
-    return options
+    return [o for o in options if o is not None]
 
 
 def _pool_options(sc: _Scorer, node, swg) -> list[Option]:

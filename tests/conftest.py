@@ -39,3 +39,24 @@ def tiny_builds(tmp_path_factory, cifar_test):
         req = BuildRequest(model=model, variant="tiny", out=root / model)
         results[model] = run_build(req, Console(quiet=True))
     return results
+
+
+@pytest.fixture(scope="session")
+def package(tmp_path_factory, cifar_test):
+    """One tiny cnv build and its deployment package, shared by the driver/deploy/notebook tests
+    (a build of their own: the flow tests re-run steps on `tiny_builds`)."""
+    import json
+
+    from rich.console import Console
+
+    from bnnflow.build_flows.build import BuildRequest, run_build
+    from bnnflow.build_flows.deploy import make_package
+
+    root = tmp_path_factory.getbasetemp() / "deploy_cnv_tiny"
+    build, pkg = root / "build", root / "deploy" / "cnv-tiny-pynq-z2"
+    if not (pkg / "manifest.json").is_file():
+        state = build / "build_state.json"
+        if not state.is_file() or "hw_codegen" not in json.loads(state.read_text()).get("done", []):
+            run_build(BuildRequest("cnv", "tiny", out=build, force=True), Console(quiet=True))
+        make_package(build, pkg, images=100, console=Console(quiet=True))
+    return build, pkg

@@ -19,27 +19,6 @@ PACKAGE_FILES = {"bnnflow_driver.py", "packing.py", "classify_cifar10.ipynb", "h
                  "manifest.json", "test_images.npz"}
 
 
-def cnv_package(tmp_path_factory) -> tuple[Path, Path]:
-    """One tiny cnv build and its deployment package per session, shared by the driver/deploy/notebook tests."""
-    from rich.console import Console
-
-    from bnnflow.build_flows.build import BuildRequest, run_build
-
-    root = tmp_path_factory.getbasetemp() / "deploy_cnv_tiny"
-    build, pkg = root / "build", root / "deploy" / "cnv-tiny-pynq-z2"
-    if not (pkg / "manifest.json").is_file():
-        state = build / "build_state.json"
-        if not state.is_file() or "hw_codegen" not in json.loads(state.read_text()).get("done", []):
-            run_build(BuildRequest("cnv", "tiny", out=build, force=True), Console(quiet=True))
-        deploy.make_package(build, pkg, images=100, console=Console(quiet=True))
-    return build, pkg
-
-
-@pytest.fixture(scope="session")
-def package(tmp_path_factory, cifar_test):
-    return cnv_package(tmp_path_factory)
-
-
 def one_sentence(err: str) -> str:
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("bnnflow: error: ") and lines[0].endswith("."), err

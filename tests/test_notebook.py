@@ -19,28 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGES = 100
 
 
-def cnv_package(tmp_path_factory) -> tuple[Path, Path]:
-    """One tiny cnv build and its deployment package per session, shared by the driver/deploy/notebook tests."""
-    from rich.console import Console
-
-    from bnnflow.build_flows.build import BuildRequest, run_build
-    from bnnflow.build_flows.deploy import make_package
-
-    root = tmp_path_factory.getbasetemp() / "deploy_cnv_tiny"
-    build, pkg = root / "build", root / "deploy" / "cnv-tiny-pynq-z2"
-    if not (pkg / "manifest.json").is_file():
-        state = build / "build_state.json"
-        if not state.is_file() or "hw_codegen" not in json.loads(state.read_text()).get("done", []):
-            run_build(BuildRequest("cnv", "tiny", out=build, force=True), Console(quiet=True))
-        make_package(build, pkg, images=100, console=Console(quiet=True))
-    return build, pkg
-
-
-@pytest.fixture(scope="session")
-def package(tmp_path_factory, cifar_test):
-    return cnv_package(tmp_path_factory)
-
-
 def test_repository_notebook_is_the_generated_one():
     import nbformat
 
