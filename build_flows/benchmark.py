@@ -15,8 +15,7 @@ flow up to FINN's estimate reports, and collects:
 * compute bound: the binary MAC lanes the LUT budget allows times the clock, where one lane
   (one PE*SIMD of an XNOR MVAU) costs what FINN's own MVAU_hls LUT model charges per extra
   PE*SIMD at SIMD=32 (6.9 LUTs in finn-plus 1.6.1: XNOR, popcount adder tree, accumulator
-  share); the
-  per-layer constant (300 LUTs), thresholds and stream logic are not lanes. The share is
+  share); the per-layer constant (300 LUTs), thresholds and stream logic are not lanes. The share is
   binary MACs per image * FPS / bound.
 
 Builds run in a process pool (2 by default; spawn, so every worker has its own FINN state)
