@@ -165,6 +165,17 @@ def speed_up_qonnx() -> None:
     general.SortGraph.apply = _sort_graph
 
 
+def set_finn_build_dir(path: str | os.PathLike) -> Path:
+    """Point FINN's generated code (HLS/RTL sources, IP) at `path`; its settings cache the folder."""
+    from finn.util.settings import get_settings
+
+    path = Path(path).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    get_settings().finn_build_dir = path
+    os.environ["FINN_BUILD_DIR"] = str(path)
+    return path
+
+
 def xnor_accumulator_bits(mw: int) -> int:
     """Unsigned bits that hold every popcount of an MW-wide XNOR dot product."""
     return max(1, math.ceil(math.log2(mw + 1)))

@@ -162,8 +162,7 @@ def run_steps(out_dir: Path, cfg: DataflowBuildConfig, start: str, stop: str,
     if not prev.exists():
         raise BnnflowError(f"Cannot start at step {start}: {prev} is missing, so run the build from an earlier step.")
     model = ModelWrapper(str(prev))
-    os.environ["FINN_BUILD_DIR"] = str((out_dir / "finn_tmp").resolve())
-    Path(os.environ["FINN_BUILD_DIR"]).mkdir(parents=True, exist_ok=True)
+    compat.set_finn_build_dir(out_dir / "finn_tmp")
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     for step in STEPS[i0:i1 + 1]:
         if not tool_available(step.tool):
