@@ -253,14 +253,17 @@ def plot(report: dict, path: Path) -> Path:
         for x, y, t, r in zip(xs, ys, trained, mine):
             ax.scatter([x], [y], marker=markers[model], s=70, color=colors[model] if t else "white",
                        edgecolors=colors[model], zorder=3)
-            ax.annotate(f"{r['variant']}\nLUT {r['LUT_pct']:.0f}% BRAM {r['BRAM_pct']:.0f}%", (x, y),
-                        textcoords="offset points", xytext=(6, 4), fontsize=7)
+            # untrained points share one height: stagger their labels per model
+            dy = 6 + 14 * list(markers).index(model) if not t else 6
+            ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(0, dy), fontsize=7,
+                        ha="center", color=colors[model])
         ax.scatter([], [], marker=markers[model], color=colors[model], label=TITLES[model])
         ax2.scatter(xs, [r["compute_bound_pct"] for r in mine], marker=markers[model], color=colors[model],
-                    s=[20 + 2 * r["binary_macs"] / 1e6 for r in mine], label=TITLES[model], alpha=0.8)
+                    s=[20 + 2 * r["binary_macs"] / 1e6 for r in mine], alpha=0.8)
+        ax2.scatter([], [], marker=markers[model], color=colors[model], label=TITLES[model])
         for r in mine:
-            ax2.annotate(r["variant"], (r["fps"], r["compute_bound_pct"]), textcoords="offset points",
-                         xytext=(5, 3), fontsize=7)
+            ax2.annotate(f"{r['variant']}: LUT {r['LUT_pct']:.0f}%, BRAM {r['BRAM_pct']:.0f}%",
+                         (r["fps"], r["compute_bound_pct"]), textcoords="offset points", xytext=(7, 3), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel(f"estimated FPS on {report['board']} at {report['clock_mhz']:.0f} MHz")
     ax.set_ylabel("CIFAR-10 test top-1 (%)")
@@ -291,15 +294,14 @@ def print_report(report: dict, console) -> None:
     from rich.table import Table
 
     table = Table(title=f"bnnflow benchmark on {report['board']} ({report['clock_mhz']:.0f} MHz)")
-    for col in ("model", "variant", "accuracy", "est. FPS", "latency ms", "LUT %", "BRAM %", "bin. MMAC/img",
-                "compute-bound %", "build s"):
+    for col in ("model", "variant", "top-1", "est. FPS", "lat. ms", "LUT%", "BRAM%", "MMAC/img", "bound%", "s"):
         table.add_column(col, justify="left" if col in ("model", "variant") else "right")
     for r in report["rows"]:
         if r.get("error"):
             table.add_row(r["title"], r["variant"], _acc(r), "[red]does not fit[/]", "", "", "", "", "",
                           f"{r['seconds']:.0f}")
             continue
-        table.add_row(r["title"], r["variant"], _acc(r), f"{r['fps']:,.0f}", f"{r['latency_ms']:.2f}",
+        table.add_row(r["title"], r["variant"], _acc(r).replace("untrained", "untr."), f"{r['fps']:,.0f}", f"{r['latency_ms']:.2f}",
                       f"{r['LUT_pct']:.1f}", f"{r['BRAM_pct']:.1f}", f"{r['binary_macs'] / 1e6:.1f}",
                       f"{r['compute_bound_pct']:.1f}", f"{r['seconds']:.0f}" + (" (cached)" if r.get("cached") else ""))
     console.print(table)

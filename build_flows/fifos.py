@@ -31,17 +31,23 @@ The model (one FINN node = one process, one stream = one FIFO):
 * a FIFO of depth D accepts a write while it holds fewer than D elements at the start of the
   cycle, and an element written in cycle t can be read from t+1 on (FINN's fifo.sv);
 * weights stream from the MVAU's own memory, the input never runs dry, the output never blocks.
-Simulating three frames gives the first-frame latency, the steady-state cycles per frame,
-deadlocks (no process can move) and the largest occupancy of every FIFO. A first run with all
-join FIFOs unbounded tells, for each join, which input it waits on (the long branch); a second
-run keeps the long input at FINN's depth 2 (so back-pressure from below the join still reaches
-the fork through the long branch) and the short inputs unbounded. A short FIFO's depth is its
-largest occupancy there plus one, so that it never fills and the schedule is exactly that
-run's, plus
-PIPELINE_SLACK elements per node of the other branch for the pipeline latency of the real
-hardware, which the model leaves out. The depths become the join node's `inFIFODepths`,
-which FINN 1.6.1's InsertFIFO reads when it creates the FIFOs (max of the producer's
-outFIFODepths and the consumer's inFIFODepths), and which the folding config carries.
+Simulating two frames gives the first-frame latency, the steady-state cycles per frame,
+deadlocks (no process can move) and the largest occupancy of every FIFO. A first, short run
+with the join FIFOs unbounded tells which input each join waits on while another input holds
+data (the long branch); a second run keeps the long input at FINN's depth 2 (so back-pressure
+from below the join still reaches the fork through the long branch) and the short inputs
+unbounded. A short FIFO's depth is its largest occupancy there plus one, so that it never
+fills and the schedule is exactly that run's, plus PIPELINE_SLACK elements per node of the
+other branch for the pipeline latency of the real hardware, which the model leaves out. The
+depths become the join node's `inFIFODepths`, which FINN 1.6.1's InsertFIFO reads when it
+creates the FIFOs (the max of the producer's outFIFODepths and the consumer's inFIFODepths)
+and which the folding config carries; their memory (FINN's StreamingFIFO estimate) is counted
+in the folding search's budget, as are FINN's depth-2 FIFOs on every other stream and the
+width converters InsertDWC will add.
+
+What the model does not promise: FINN's throughput estimate assumes every FIFO is deep enough;
+with depth 2 outside the joins the model usually shows stalls (it reports the steady-state
+interval next to FINN's max cycles). With Vivado, FINN's own rtlsim-based step sizes them all.
 """
 
 from __future__ import annotations
@@ -361,8 +367,13 @@ class SimResult:
 
 
 def simulate(g: StreamGraph, depths: dict[int, int | None] | None = None, frames: int = FRAMES,
-             max_cycles: int | None = None, track_waits: bool = False) -> SimResult:
-    """Cycle-level token flow of `frames` frames; depths: edge -> FIFO depth (None: unbounded)."""
+             max_cycles: int | None = None, track_waits: bool = False,
+             stop_after_reads: dict[int, int] | None = None) -> SimResult:
+    """Cycle-level token flow of `frames` frames; depths: edge -> FIFO depth (None: unbounded).
+
+    track_waits counts, per edge, the cycles its consumer waited on it while another of its inputs
+    had data; stop_after_reads ends the run early once each listed edge had that many reads.
+    """
     depths = depths or {}
     n_edges = len(g.edges)
     src, snk = n_edges, n_edges + 1
@@ -382,20 +393,19 @@ def simulate(g: StreamGraph, depths: dict[int, int | None] | None = None, frames
     swg = [p for p in g.procs if p.swg is not None]
     n_in = max([len(p.ins) for p in seq] + [1])
     n_out = max([len(p.outs) for p in seq] + [1])
-    steps = np.array([p.steps for p in seq], dtype=np.int64)
+    steps = np.array([max(p.steps, 1) for p in seq], dtype=np.int64)
     base = np.concatenate([[0], np.cumsum(steps)[:-1]]).astype(np.int64)
     total = steps * frames
-    rflags, wflags, ein, eout = [], [], [], []
-    used = [np.array([k < len(p.ins) for p in seq], dtype=bool) for k in range(n_in)]
-    for k in range(n_in):
-        rflags.append(np.concatenate([p.reads[k] if k < len(p.ins) else np.zeros(p.steps, bool) for p in seq]))
-        ein.append(np.array([p.ins[k] if k < len(p.ins) else src for p in seq], dtype=np.int64))
-    for k in range(n_out):
-        wflags.append(np.concatenate([p.writes[k] if k < len(p.outs) else np.zeros(p.steps, bool) for p in seq]))
-        eout.append(np.array([p.outs[k] if k < len(p.outs) else snk for p in seq], dtype=np.int64))
-    io = np.zeros_like(rflags[0])
-    for f in rflags + wflags:
-        io |= f
+    # 2-D (port x step) flags and (port x process) streams; unused ports read the source / write the sink
+    rflags = np.stack([np.concatenate([p.reads[k] if k < len(p.ins) else np.zeros(p.steps, bool) for p in seq])
+                       for k in range(n_in)])
+    wflags = np.stack([np.concatenate([p.writes[k] if k < len(p.outs) else np.zeros(p.steps, bool) for p in seq])
+                       for k in range(n_out)])
+    ein = np.array([[p.ins[k] if k < len(p.ins) else src for p in seq] for k in range(n_in)], dtype=np.int64)
+    eout = np.array([[p.outs[k] if k < len(p.outs) else snk for p in seq] for k in range(n_out)], dtype=np.int64)
+    used = np.array([[k < len(p.ins) for p in seq] for k in range(n_in)], dtype=bool)
+    dout = depth[eout]  # depths never change during a run
+    io = rflags.any(0) | wflags.any(0)
     # steps to the next step with I/O (within the frame; to the frame's end if none), for skipping idle runs
     next_io = np.empty(io.size, dtype=np.int64)
     for p_i, p in enumerate(seq):
@@ -405,8 +415,10 @@ def simulate(g: StreamGraph, depths: dict[int, int | None] | None = None, frames
         next_io[base[p_i]: base[p_i] + p.steps] = nxt - np.arange(p.steps)
     pc = np.zeros(len(seq), dtype=np.int64)
 
+    has_swg = bool(swg)
     s_in = np.array([p.ins[0] for p in swg], dtype=np.int64)
     s_out = np.array([p.outs[0] for p in swg], dtype=np.int64)
+    s_dout = depth[s_out]
     s_nin = np.array([p.swg["in"] for p in swg], dtype=np.int64)
     s_nout = np.array([p.swg["out"] for p in swg], dtype=np.int64)
     s_buf = np.array([p.swg["buffer"] for p in swg], dtype=np.int64)
@@ -417,6 +429,9 @@ def simulate(g: StreamGraph, depths: dict[int, int | None] | None = None, frames
     rc = np.zeros(len(swg), dtype=np.int64)
     wc = np.zeros(len(swg), dtype=np.int64)
     s_rtotal, s_wtotal = s_nin * frames, s_nout * frames
+    # need / oldest of the next output, kept up to date as outputs leave
+    s_need_now = s_need[s_nbase] if swg else s_nout
+    s_old_now = s_old[s_obase] if swg else s_nout
 
     max_occ = np.zeros(n_edges + 2, dtype=np.int64)
     waits = np.zeros(n_edges + 2, dtype=np.int64)
@@ -425,70 +440,84 @@ def simulate(g: StreamGraph, depths: dict[int, int | None] | None = None, frames
         max_cycles = frames * (sum(g.exp_cycles.values()) + sum(e.tokens for e in g.edges)) + 10_000
     cycle = 0
     out_e = g.out_edge
+    reads_done = np.zeros(n_edges + 2, dtype=np.int64)
+    stop_edges = np.array(list((stop_after_reads or {}).keys()), dtype=np.int64)
+    stop_counts = np.array(list((stop_after_reads or {}).values()), dtype=np.int64)
+    rf = list(rflags)
+    wf = list(wflags)
+    ei = list(ein)
+    eo = list(eout)
+    do = list(dout)
+    nz = np.count_nonzero
     while True:
-        ph = base + pc % np.maximum(steps, 1)
-        ok = pc < total
-        reads = [f[ph] for f in rflags]
-        writes = [f[ph] for f in wflags]
-        for k in range(n_in):
-            ok &= ~reads[k] | (occ[ein[k]] > 0)
-        for k in range(n_out):
-            ok &= ~writes[k] | (occ[eout[k]] < depth[eout[k]])
-        if swg:
-            wj = wc % s_nout
-            wf = wc // s_nout
-            need = s_need[s_nbase + wj] + wf * s_nin
-            oldest = s_old[s_obase + wj] + wf * s_nin
-            can_w = (wc < s_wtotal) & (rc > need) & (occ[s_out] < depth[s_out])
-            can_r = (rc < s_rtotal) & (occ[s_in] > 0) & (rc - oldest < s_buf)
-            swg_moves = bool(can_w.any() or can_r.any())
+        ph = base + pc % steps
+        live = pc < total
+        reads = [f[ph] for f in rf]
+        writes = [f[ph] for f in wf]
+        has = [occ[e] > 0 for e in ei]
+        ok = live.copy()
+        for r, h in zip(reads, has):
+            ok &= ~r | h
+        for w, e, d in zip(writes, eo, do):
+            ok &= ~w | (occ[e] < d)
+        if has_swg:
+            can_w = (wc < s_wtotal) & (rc > s_need_now) & (occ[s_out] < s_dout)
+            can_r = (rc < s_rtotal) & (occ[s_in] > 0) & (rc - s_old_now < s_buf)
+            swg_moves = nz(can_w) + nz(can_r) > 0
         else:
             swg_moves = False
-        io_now = np.zeros_like(ok)
-        for f in reads + writes:
-            io_now |= f
-        io_ok = ok & io_now
-        if not io_ok.any() and not swg_moves:
-            if not ok.any():
-                if (pc >= total).all() and (wc >= s_wtotal).all():
+        rd = [r & ok for r in reads]
+        wr = [w & ok for w in writes]
+        io_any = rd[0].copy()
+        for x in rd[1:] + wr:
+            io_any |= x
+        if not swg_moves and not nz(io_any):
+            if not nz(ok):
+                if not nz(live) and (wc >= s_wtotal).all():
                     break
                 full = [int(e) for e in range(n_edges) if depth[e] < UNBOUNDED and occ[e] >= depth[e]]
-                waits = []
+                waits_now = []
                 for k in range(n_in):
-                    blocked = (pc < total) & reads[k] & (occ[ein[k]] <= 0)
-                    waits += [int(e) for e in ein[k][blocked] if e < n_edges]
-                if swg:
+                    waits_now += [int(e) for e in ei[k][reads[k] & ~has[k] & live] if e < n_edges]
+                if has_swg:
                     blocked = (rc < s_rtotal) & (occ[s_in] <= 0)
-                    waits += [int(e) for e in s_in[blocked]]
-                return SimResult(True, cycle, frame_done, max_occ[:n_edges], full, waits)
+                    waits_now += [int(e) for e in s_in[blocked]]
+                return SimResult(True, cycle, frame_done, max_occ[:n_edges], full, waits_now)
             # only idle steps can run: skip ahead to the next step with I/O
-            jump = int(np.min(next_io[ph][ok]))
-            jump = max(1, jump)
+            jump = max(1, int(np.min(next_io[ph][ok])))
             pc[ok] += np.minimum(jump, total[ok] - pc[ok])
             cycle += jump
             continue
+        if stop_after_reads is not None:
+            for k in range(n_in):
+                reads_done[ei[k][rd[k]]] += 1
+            if np.all(reads_done[stop_edges] >= stop_counts):
+                return SimResult(False, cycle, frame_done, max_occ[:n_edges], waits=waits[:n_edges])
         if track_waits:
             # waiting on an empty input while another input has data: that input is the late one
-            live = pc < total
-            full_in = [used[k] & (occ[ein[k]] > 0) for k in range(n_in)]
+            full_in = [used[k] & has[k] for k in range(n_in)]
             for k in range(n_in):
                 others = np.zeros_like(live)
                 for j in range(n_in):
                     if j != k:
                         others |= full_in[j]
-                waits[ein[k]] += live & reads[k] & ~full_in[k] & used[k] & others
+                waits[ei[k]] += live & reads[k] & ~has[k] & used[k] & others
         pc += ok
         for k in range(n_in):
-            m = ok & reads[k]
-            occ[ein[k][m]] -= 1
+            occ[ei[k][rd[k]]] -= 1
         for k in range(n_out):
-            m = ok & writes[k]
-            occ[eout[k][m]] += 1
-        if swg:
+            occ[eo[k][wr[k]]] += 1
+        if has_swg:
             occ[s_in[can_r]] -= 1
             rc += can_r
-            occ[s_out[can_w]] += 1
-            wc += can_w
+            if nz(can_w):
+                occ[s_out[can_w]] += 1
+                wc += can_w
+                idx = np.nonzero(can_w)[0]
+                wj = wc[idx] % s_nout[idx]
+                wf_ = wc[idx] // s_nout[idx]
+                s_need_now[idx] = s_need[s_nbase[idx] + wj] + wf_ * s_nin[idx]
+                s_old_now[idx] = s_old[s_obase[idx] + wj] + wf_ * s_nin[idx]
         occ[src] = UNBOUNDED
         np.maximum(max_occ, occ, out=max_occ)
         cycle += 1
@@ -615,7 +644,9 @@ def _branch(g: StreamGraph, edge: int) -> tuple[str | None, int]:
 def join_sides(g: StreamGraph) -> dict[int, bool]:
     """Join input edge -> True on a short branch: the join waits on its long branch, not on these."""
     joins = g.join_edges()
-    sim = simulate(g, {e: None for e in joins}, frames=1, track_waits=True)
+    # the start of the first frame decides it: stop once every join has taken a quarter of a frame
+    sim = simulate(g, {e: None for e in joins}, frames=1, track_waits=True,
+                   stop_after_reads={e: max(1, g.edges[e].tokens // 4) for e in joins})
     short: dict[int, bool] = {}
     for p in g.procs:
         if base_op(p.op_type) in JOIN_OPS and len(p.ins) > 1:
@@ -719,11 +750,12 @@ class JoinCheck:
 
 
 def check_join_fifos(model, depths: dict[str, list[int]] | None = None, frames: int = FRAMES,
-                     raise_error: bool = True) -> JoinCheck:
+                     raise_error: bool = True, reference: FifoPlan | None = None) -> JoinCheck:
     """Simulate the graph with its join FIFOs (the nodes' inFIFODepths, or `depths`: join -> list).
 
     Fails (BnnflowError) when the graph deadlocks or a join FIFO makes it slower than with
-    unbounded join FIFOs; the message names the join, its depth and the depth it needs.
+    unbounded short-branch FIFOs; the message names the join, its depth and the depth it needs.
+    `reference`: the plan of this folding from size_join_fifos (saves re-deriving it).
     """
     g = stream_graph(model)
     on_graph = depths_on_graph(model, g)
@@ -735,7 +767,13 @@ def check_join_fifos(model, depths: dict[str, list[int]] | None = None, frames: 
                 on_graph[e] = max(DEFAULT_DEPTH, d[min(edge.dst_port, len(d) - 1)])
     joins = g.join_edges()
     sim = simulate(g, {e: on_graph[e] for e in joins}, frames)
-    ref, need = _stall_free_depths(g, frames)
+    if reference is not None and reference.interval > 0:
+        planned = {(f.join, f.port): f.depth for f in reference.fifos}
+        need = {e: planned.get((g.edges[e].dst, g.edges[e].dst_port), DEFAULT_DEPTH) for e in joins}
+        ref_interval = reference.interval
+    else:
+        ref, need = _stall_free_depths(g, frames)
+        ref_interval = ref.interval
 
     def describe(e: int) -> str:
         edge = g.edges[e]
@@ -750,16 +788,16 @@ def check_join_fifos(model, depths: dict[str, list[int]] | None = None, frames: 
         what = "; ".join(describe(e) for e in culprits) or "no join FIFO is full"
         msg = (f"The dataflow graph deadlocks at cycle {sim.cycles:,} of the stream model: {what}, so "
                "re-run 'bnnflow fold' or raise inFIFODepths in the folding config.")
-        result = JoinCheck(False, msg, -1, -1, ref.interval, True)
-    elif sim.interval > ref.interval:
+        result = JoinCheck(False, msg, -1, -1, ref_interval, True)
+    elif sim.interval > ref_interval:
         what = "; ".join(describe(e) for e in short) or "a join FIFO fills"
-        msg = (f"The join FIFOs stall the pipeline: {sim.interval:,} instead of {ref.interval:,} cycles per "
+        msg = (f"The join FIFOs stall the pipeline: {sim.interval:,} instead of {ref_interval:,} cycles per "
                f"frame because {what}, so re-run 'bnnflow fold' or raise inFIFODepths in the folding config.")
-        result = JoinCheck(False, msg, sim.latency, sim.interval, ref.interval, False)
+        result = JoinCheck(False, msg, sim.latency, sim.interval, ref_interval, False)
     else:
         result = JoinCheck(True, f"{len(joins)} join FIFOs: no deadlock, no stall ({sim.interval:,} cycles "
                                  f"per frame, first frame after {sim.latency:,} cycles).",
-                           sim.latency, sim.interval, ref.interval, False)
+                           sim.latency, sim.interval, ref_interval, False)
     if raise_error and not result.ok:
         raise BnnflowError(result.message)
     return result

@@ -3,15 +3,17 @@
 The search works on the specialised graph (the model saved after `specialize_layers`):
 
 1. Units. Every HW node is a unit, except that a sliding-window generator goes with the MVAU
-   (or pool) it feeds: their SIMD is tied (FINN would otherwise insert a width converter and
-   the window generator would run at its own, slower, rate). For each unit all legal foldings
-   are enumerated with FINN's rules (those of SetFolding): MVAU SIMD divides MW and PE divides
-   MH, SIMD * weight bits <= mvau_wwidth_max, the weight stream of an HLS MVAU in
-   internal_decoupled mode at most FINN's MAX_ALLOWED_AP_INT_W bits (internal_embedded where it
-   is wider); a window generator's SIMD divides its input channels (or equals them with
-   parallel_window=1, then the MVAU takes the whole window, SIMD = MW); a depthwise window
-   generator takes the PE of its pool; thresholds, duplicate/add/pool/label-select PE divide
-   their channels; concat SIMD divides every input's channels; padding SIMD divides channels.
+   (or pool) it feeds, so the two are folded together. For each unit all legal foldings are
+   enumerated with FINN's rules (those of SetFolding): MVAU SIMD divides MW and PE divides MH,
+   SIMD * weight bits <= mvau_wwidth_max (FINN's default 36), the weight stream of an HLS MVAU
+   in internal_decoupled mode at most MAX_ALLOWED_AP_INT_W bits (internal_embedded where it is
+   wider); a window generator's SIMD divides its input channels, or equals them with
+   parallel_window=1 (whole windows per cycle); with each MVAU folding go the generator
+   foldings worth having: the narrowest SIMD that keeps up with the MVAU (SetFolding's choice,
+   a width converter in between), the MVAU's own SIMD (no converter), or parallel_window when
+   no SIMD keeps up; a depthwise generator takes the PE of its pool; thresholds, duplicate,
+   add, pool, label-select PE divide their channels; concat SIMD divides every input's
+   channels; padding SIMD divides its channels.
    Memory choices come along where they change the estimate: MVAU weights in BRAM or LUTRAM,
    HLS MVAU multipliers in LUTs or DSPs (not for XNOR layers), window buffers in LUTRAM or BRAM.
    Each folding is scored with FINN's own per-node estimates (get_exp_cycles, lut_/bram_/dsp_/
@@ -23,10 +25,12 @@ The search works on the specialised graph (the model saved after `specialize_lay
    BRAM, DSP (and URAM) shares of the budget; the weights are swept (a Lagrangian relaxation of
    the multiple-choice knapsack) so that a design short of BRAM trades weights into LUTRAM and
    vice versa. T is feasible when some weighting fits the budget.
-3. FIFOs and converters. The FIFOs FINN inserts on every stream (depth 2, and the join FIFOs
-   sized by bnnflow.build_flows.fifos) and the data-width converters between nodes of different
-   stream widths are estimated with FINN's StreamingFIFO / DWC models and counted in the
-   budget: the search is re-run with their cost reserved until the whole design fits.
+3. FIFOs and converters. The depth-2 FIFOs FINN inserts on every stream and the data-width
+   converters between nodes of different stream widths are part of every selection's cost
+   (FINN's StreamingFIFO / DWC estimates; stream width is a Pareto dimension), and a local
+   pass re-picks each unit's folding to match its neighbours' widths where that is cheaper.
+   The join FIFOs are sized on the chosen folding by bnnflow.build_flows.fifos (a simulation);
+   if they push the design over budget, their cost is reserved and the search runs again.
 
 FINN's target_fps heuristic (SetFolding) is the baseline: `compare_with_target_fps` runs both
 on the same graph and scores both with the same estimator.
@@ -578,8 +582,8 @@ def _cannot_fit(units: list[Unit], model: ModelWrapper, budget: dict[str, float]
                 what: str) -> BnnflowError:
     """Explain why not even the slowest folding fits: the layers and the shortfall."""
     b = _budget_vec(budget)
-    low = np.array([np.min(np.stack([o.res for o in u.options]), axis=0) for u in units])  # per unit minima
-    need = low.sum(0)
+    low = [np.min(np.stack([o.res for o in u.options]), axis=0) for u in units]  # per unit minima
+    need = np.sum(low, axis=0)
     weights = []
     for n in model.graph.node:
         if base_op(n.op_type) == "MVAU":
@@ -590,18 +594,21 @@ def _cannot_fit(units: list[Unit], model: ModelWrapper, budget: dict[str, float]
     total_bits = sum(w for w, _ in weights)
     top = ", ".join(f"{name} ({bits / 1e6:.2f} Mbit)" for bits, name in weights[:3])
     bram_bits = budget["BRAM_18K"] * 18 * 1024
-    # LUTRAM: a LUT holds 64 bits; what the logic at the slowest folding leaves of the LUT budget
-    logic_luts = sum(float(np.min([o.res[0] for o in u.options if o.res[1] == 0] or [0])) for u in units)
-    lutram_bits = max(0.0, budget["LUT"] - logic_luts) * 64
-    if need[0] > b[0] and need[1] <= b[1]:
-        short = f"its logic needs at least {need[0]:,.0f} LUT at the slowest folding against a budget of {b[0]:,.0f}"
+    # LUTRAM: 64 bits per LUT, out of what the logic leaves of the LUT budget at the slowest folding
+    lutram_bits = max(0.0, budget["LUT"] - need[0]) * 64
+    by_lut = sorted(((float(lo[0]), u.name) for lo, u in zip(low, units)), reverse=True)
+    if need[0] > b[0]:
+        short = (f"its logic alone needs at least {need[0]:,.0f} LUT at the slowest folding against a budget of "
+                 f"{b[0]:,.0f}")
+        top = ", ".join(f"{name} ({luts:,.0f} LUT)" for luts, name in by_lut[:3])
     elif need[2] > b[2]:
         short = f"it needs at least {need[2]:,.0f} DSP against a budget of {b[2]:,.0f}"
+    elif need[1] > b[1]:
+        short = f"it needs at least {need[1]:,.0f} BRAM18 against a budget of {b[1]:,.0f}"
     else:
-        short = (f"its weights need {total_bits / 1e6:.2f} Mbit, but {budget['BRAM_18K']:.0f} BRAM18 hold "
-                 f"{bram_bits / 1e6:.2f} Mbit and the LUTs left over hold at most {lutram_bits / 1e6:.2f} Mbit "
-                 f"as LUTRAM (a shortfall of {max(0.0, total_bits - bram_bits - lutram_bits) / 1e6:.2f} Mbit "
-                 f"before any logic)")
+        short = (f"its weights ({total_bits / 1e6:.2f} Mbit) fit neither the {budget['BRAM_18K']:.0f} BRAM18 "
+                 f"({bram_bits / 1e6:.2f} Mbit, used in whole blocks per layer) nor, for the rest, the "
+                 f"{lutram_bits / 1e6:.2f} Mbit of LUTRAM the logic leaves of the LUT budget")
     return BnnflowError(f"{what} cannot fit the {board.name} at any folding: {short}; the largest layers are "
                         f"{top}, so pick a smaller --variant or raise --lut-max / --bram-max.")
 
@@ -645,7 +652,8 @@ def fold(model: ModelWrapper, board: Board, lut_max: float | None = None, bram_m
             break
         # keep free what the join FIFOs (and any other misestimate) cost beyond the search's own count
         over = np.array([ev.total[r] for r in RES]) - sel.totals
-        reserve = np.maximum(reserve * 1.1, np.maximum(over, 0.0) * (1.0 + 0.1 * rounds) + 1.0)
+        grow = np.where(over > 0, over * (1.0 + 0.1 * rounds) + 1.0, 0.0)
+        reserve = np.maximum(reserve * 1.1, grow)
     if best is None:
         raise BnnflowError(f"{name}: no folding with its FIFOs and width converters fits the {board.name} "
                            "budget, so raise --lut-max / --bram-max or pick a smaller --variant.")
@@ -738,12 +746,14 @@ def best_target_fps(model: ModelWrapper, board: Board, budget: dict[str, float],
 
 def compare_with_target_fps(model: ModelWrapper, board: Board, lut_max: float | None = None,
                             bram_max: float | None = None, default_fps: int | None = None,
-                            mvau_wwidth_max: int = MVAU_WWIDTH_MAX, name: str = "model") -> dict:
+                            mvau_wwidth_max: int = MVAU_WWIDTH_MAX, name: str = "model",
+                            result: FoldResult | None = None) -> dict:
     """FINN's SetFolding (at the board's default target and at the best fitting target) vs the search.
 
     All three are scored the same way: FINN's per-node estimates plus the depth-2 FIFOs FINN puts on
     every stream and its width converters. The search's designs also carry their sized join
-    FIFOs; the baseline's joins are counted at depth 2 (in its favour).
+    FIFOs; the baseline's joins are counted at depth 2 (in its favour). `result`: the search's
+    result for this graph and limits, if already at hand.
     """
     budget = board.budget(lut_max, bram_max)
     default_fps = default_fps or board.default_target_fps
@@ -759,7 +769,7 @@ def compare_with_target_fps(model: ModelWrapper, board: Board, lut_max: float | 
         rows.append({"method": f"FINN SetFolding, best fitting target_fps={fps:,.0f}", "target_fps": round(fps),
                      **ev.row(board), "seconds": round(time.time() - t0, 1)})
     t0 = time.time()
-    res = fold(model, board, lut_max, bram_max, mvau_wwidth_max, name=name)
+    res = result or fold(model, board, lut_max, bram_max, mvau_wwidth_max, name=name)
     rows.append({"method": "bnnflow search", "target_fps": None, **res.evaluation.row(board),
                  "seconds": round(time.time() - t0, 1)})
     base = max((r["fps"] for r in rows[:-1] if r["fits"]), default=0.0)
@@ -962,4 +972,4 @@ def load_config(path: Path) -> dict:
 
 
 __all__ = ["fold", "fold_build", "compare_with_target_fps", "search", "build_units", "evaluate", "FoldResult",
-           "Evaluation", "folding_config", "write_config", "print_fold", "print_comparison", "field"]
+           "Evaluation", "folding_config", "write_config", "print_fold", "print_comparison"]

@@ -24,7 +24,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
         description="Top-1 of a trained checkpoint on the full CIFAR-10 test set with Brevitas, then the same "
                     "checkpoint built to FINN's estimate step and its folded hardware graph executed on "
                     "--hw-images test images: the hardware must agree with Brevitas on every image.")
-    p.add_argument("checkpoint", type=Path, help="best.pt (or last.pt) written by 'bnnflow train'")
+    p.add_argument("checkpoint", type=Path, help="best.pt written by 'bnnflow train' (or any bnnflow checkpoint)")
     p.add_argument("--hw-images", type=int, default=DEFAULT_HW_IMAGES,
                    help="test images for the hardware graph, 0 to skip the build; default: %(default)s")
     p.add_argument("--board", default="pynq-z2", help="target board of the build; default: %(default)s")
@@ -107,13 +107,18 @@ def evaluate_checkpoint(checkpoint: Path, hw_images: int = DEFAULT_HW_IMAGES, bo
     import numpy as np
     from rich.console import Console
 
-    from .checkpoint import file_sha256, load_checkpoint
+    from .checkpoint import file_sha256, load_checkpoint, read_checkpoint
     from .data import load_cifar10
     from .train import pick_device
 
     console = console or Console(quiet=True)
     if hw_images < 0:
         raise BnnflowError(f"--hw-images must be 0 (skip the hardware) or more, got {hw_images}.")
+    raw = read_checkpoint(checkpoint)
+    if any(".parametrizations." in k for k in raw["state_dict"]):
+        raise BnnflowError(f"{checkpoint} holds ReCU/PSI latent training weights (a last.pt): evaluate the best.pt "
+                           "of the same run, which holds the weights the hardware uses.")
+    del raw
     net, payload = load_checkpoint(checkpoint)
     x, y = load_cifar10(data, "test")
     if hw_images > len(x):

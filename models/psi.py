@@ -32,6 +32,11 @@ How bnnflow applies it:
   on these groups: on the quotient it is the identity.
 * All other parameters (batch-norm affine, multi-bit classifier, quantiser scales) use the
   default optimizer.
+* Learning rate: the straight-through gradients that reach binary weights are small (at
+  initialisation the angular step is ~1e-4..5e-3 rad per unit of lr, smaller in wide layers),
+  so the PSI learning rate is of order 10-100; `bnnflow train`'s default of 30 gives angular
+  steps comparable to Adam's at lr 2e-3 and was the best of 10/30/100 in a few-step sweep on
+  the tiny variants.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from bnnflow.errors import BnnflowError
 MODELS = ("resnete", "densenet", "cnv")
 OPTIMIZERS = ("adam", "sgd", "psi")
 DEFAULT_LR = {"adam": 2e-3, "sgd": 0.1, "psi": 2e-3}  # psi: lr of the Adam part
-DEFAULT_PSI_LR = 0.02
+DEFAULT_PSI_LR = 30.0  # angular steps like Adam 2e-3 (steps on the RMS-1 representative, see psi.py)
 RUN_FILES = ("last.pt", "best.pt", "log.csv", "log.json", "curve.png", "run.json")
 # recipe options: None on the command line means "default" for a new run, "as saved" for --resume
 RECIPE_DEFAULTS = dict(variant="default", epochs=150, batch_size=128, lr=None, optimizer="adam", psi_lr=DEFAULT_PSI_LR,
@@ -108,7 +108,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                     "--checkpoint'), last.pt (for --resume), log.csv, log.json and curve.png.")
     p.add_argument("model", nargs="?", help=f"network: {', '.join(MODELS)} (optional with --resume)")
     p.add_argument("--variant", help="width/depth variant (see 'bnnflow models'); default: default")
-    p.add_argument("--epochs", type=int, help=f"training epochs; default: {RECIPE_DEFAULTS['epochs']}")
+    p.add_argument("--epochs", type=int, help=f"training epochs; default: {RECIPE_DEFAULTS['epochs']} (with --resume: "
+                                              "extends the run, stretching the rest of the cosine schedule)")
     p.add_argument("--batch-size", type=int, help=f"default: {RECIPE_DEFAULTS['batch_size']}")
     p.add_argument("--lr", type=float, help="peak learning rate of the cosine schedule; default: 2e-3 (adam, "
                                             "and the Adam part of psi), 0.1 (sgd)")
@@ -529,15 +530,17 @@ def train(cfg: TrainConfig, console=None) -> dict:
     total_steps = steps_per_epoch * cfg.epochs
 
     net, logit_scale = prepare_model(cfg, device)
-    opts = make_optimizers(cfg, net, logit_scale, device)
     history, start_epoch, best = [], 0, -1.0
     if saved is not None:
         st = saved["train_state"]
         try:
+            # before the optimizers exist: Brevitas rebuilds its quantiser modules (and their
+            # scale Parameters) when a state_dict is loaded
             net.load_state_dict(saved["state_dict"], strict=True)
             restore_quant_stats(net, st["quant_stats"])
             with torch.no_grad():
                 logit_scale.copy_(st["logit_scale"])
+            opts = make_optimizers(cfg, net, logit_scale, device)
             if len(st["optimizers"]) != len(opts):
                 raise ValueError("optimizer count")
             for opt, s in zip(opts, st["optimizers"]):
@@ -549,6 +552,7 @@ def train(cfg: TrainConfig, console=None) -> dict:
         history, start_epoch, best = st["history"], st["epoch"], st["best_top1"]
         console.print(f"Resuming {out} after epoch {start_epoch} of {cfg.epochs}.")
     else:
+        opts = make_optimizers(cfg, net, logit_scale, device)
         out.mkdir(parents=True, exist_ok=True)
 
     run_info = {"config": cfg.recipe(), "data": data["info"], "device": str(device),
@@ -638,8 +642,12 @@ def train(cfg: TrainConfig, console=None) -> dict:
 
 
 def _cpu(net, baked: bool):
-    """A CPU view of the state to save: baked (plain weights) for best.pt, raw parametrized for last.pt."""
-    from .recu import baked_state_dict
+    """A CPU copy of the state to save: raw (parametrized, latent weights) for last.pt; for best.pt
+    baked plain weights, binary ones as int8 +-1 (Brevitas' sign, 0 -> +1: a quarter of the
+    size, and load_state_dict casts them back to float)."""
+    import torch
+
+    from .recu import baked_state_dict, binary_layers
 
     class _Holder:  # save_checkpoint only calls state_dict()
         def __init__(self, sd):
@@ -648,4 +656,10 @@ def _cpu(net, baked: bool):
         def state_dict(self):
             return self.sd
 
-    return _Holder(baked_state_dict(net) if baked else net.state_dict())
+    if not baked:
+        return _Holder(net.state_dict())
+    sd = baked_state_dict(net)
+    for name, _ in binary_layers(net):
+        w = sd[f"{name}.weight"]
+        sd[f"{name}.weight"] = torch.where(w >= 0, 1, -1).to(torch.int8)
+    return _Holder(sd)
