@@ -1,0 +1,87 @@
+"""`bnnflow benchmark`: table, plot, compute bound, caching (tiny CNV only; the full run is manual)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bnnflow.errors import BnnflowError
+
+from test_fifos import shared_builds, specialised  # noqa: F401
+
+
+def _row(model, variant, fps, acc=None, **kw):
+    from bnnflow.build_flows.benchmark import TITLES
+
+    row = {"model": model, "title": TITLES[model], "variant": variant, "accuracy": acc, "fps": fps,
+           "latency_ms": 1.0, "LUT_pct": 50.0, "BRAM_pct": 20.0, "compute_bound_pct": 30.0,
+           "binary_macs": 5e7, "lut_per_lane": 6.9, "bound_macs_per_s": 6.5e11, "error": None, "seconds": 1.0}
+    row.update(kw)
+    return row
+
+
+def _report(rows):
+    return {"board": "pynq-z2", "part": "xc7z020clg400-1", "clock_mhz": 100.0, "limits": {"LUT": 0.85, "BRAM": 0.95},
+            "wall_seconds": 1.0, "jobs": 2, "rows": rows}
+
+
+def test_markdown_table_cnv_first_and_untrained():
+    from bnnflow.build_flows.benchmark import markdown_table
+
+    report = _report([_row("cnv", "tiny", 30000), _row("resnete", "small", 3000, acc=0.871),
+                      _row("densenet", "wide", 0, error="does not fit: x")])
+    md = markdown_table(report)
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| model | variant | accuracy | est. FPS | latency | LUT % | BRAM % | compute-bound %")
+    assert lines[1].startswith("| CNV-W1A1 | tiny | untrained | 30,000 |")
+    assert "| ResNetE | small | 87.1 % | 3,000 |" in md
+    assert "| BinaryDenseNet | wide | untrained | does not fit |" in md
+    assert "LUT per XNOR-popcount lane" in md
+
+
+def test_plot_writes_png(tmp_path):
+    from bnnflow.build_flows.benchmark import plot
+
+    report = _report([_row("cnv", v, f) for v, f in (("tiny", 30000), ("small", 9000), ("default", 6000))]
+                     + [_row("resnete", "default", 3000, acc=0.88)])
+    png = plot(report, tmp_path / "b.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_lane_luts_from_finn_model():
+    from bnnflow.build_flows.benchmark import compute_bound, lane_luts
+    from bnnflow.hw.boards import get_board
+
+    per_lane = lane_luts("xc7z020clg400-1")
+    assert 5.0 < per_lane < 10.0
+    board = get_board("pynq-z2")
+    lut, bound = compute_bound(board, board.budget()["LUT"])
+    assert lut == per_lane and bound == pytest.approx(int(0.85 * board.lut / per_lane) * 100e6)
+
+
+def test_select_rejects_unknown():
+    from bnnflow.build_flows.benchmark import DESIGNS, _select
+
+    assert _select(None) == DESIGNS and _select(["cnv"]) == DESIGNS[:3]
+    assert _select(["resnete/tiny"]) == [("resnete", "tiny")]
+    with pytest.raises(BnnflowError):
+        _select(["alexnet"])
+
+
+def test_benchmark_tiny_cnv_and_cache(tmp_path_factory):
+    """One design end to end in-process (reusing the shared tiny build), then a cached re-run."""
+    from bnnflow.build_flows.benchmark import run_benchmark
+
+    specialised(tmp_path_factory, "cnv")
+    bench = shared_builds(tmp_path_factory)
+    report = run_benchmark("pynq-z2", bench, jobs=1, only=["cnv/tiny"])
+    (row,) = report["rows"]
+    assert row["error"] is None and row["fits"] and row["fps"] > 1000
+    assert 0 < row["compute_bound_pct"] <= 100 and row["binary_macs"] > 1e6
+    assert 0 < row["LUT_pct"] <= 85 and 0 < row["BRAM_pct"] <= 95
+    assert row["accuracy"] is None  # no checkpoint for cnv/tiny
+    assert (bench / "benchmark.md").exists() and (bench / "benchmark.json").exists()
+    t0 = time.time()
+    again = run_benchmark("pynq-z2", bench, jobs=1, only=["cnv/tiny"])
+    assert again["rows"][0]["cached"] and again["rows"][0]["fps"] == row["fps"] and time.time() - t0 < 30

@@ -1,0 +1,208 @@
+"""Deadlock-free joins: the stream model, the join FIFO sizing and its check.
+
+Fast tests use the tiny variants (built once per session up to specialize_layers, shared with
+test_folding / test_benchmark through one folder); the default models are checked in the slow
+test, which reuses `bnnflow benchmark`'s builds when they are there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bnnflow.errors import BnnflowError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_builds(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp() / "tiny-specialised"
+
+
+def specialised(tmp_path_factory, model: str, variant: str = "tiny"):
+    from bnnflow.build_flows.folding import ensure_specialised, specialised_model
+    from bnnflow.hw.boards import get_board
+
+    board = get_board("pynq-z2")
+    out = shared_builds(tmp_path_factory) / f"{model}-{variant}-{board.name}"
+    out, _ = ensure_specialised(model, variant, board, out)
+    return specialised_model(out), out
+
+
+@pytest.fixture(scope="module")
+def folded(tmp_path_factory):
+    """model -> fold result of its tiny variant."""
+    from bnnflow.build_flows.folding import fold
+    from bnnflow.hw.boards import get_board
+
+    cache = {}
+
+    def get(model: str):
+        if model not in cache:
+            m, _ = specialised(tmp_path_factory, model)
+            cache[model] = fold(m, get_board("pynq-z2"), name=f"{model}/tiny")
+        return cache[model]
+
+    return get
+
+
+# ------------------------------------------------------------------ the stream model on its own
+
+def _toy(skip_depth: int | None, window: int = 40, tokens: int = 200):
+    """fork -> (delay line that buffers `window` tokens before its first output) + skip -> add."""
+    from bnnflow.build_flows import fifos
+
+    edges = [fifos.Edge(0, "in", None, 0, "fork", 0, tokens, 8),
+             fifos.Edge(1, "long", "fork", 0, "delay", 0, tokens, 8),
+             fifos.Edge(2, "skip", "fork", 1, "add", 1, tokens, 8),
+             fifos.Edge(3, "late", "delay", 0, "add", 0, tokens, 8),
+             fifos.Edge(4, "out", "add", 0, None, 0, tokens, 8)]
+    ones = np.ones(tokens, bool)
+    fork = fifos.Proc("fork", "DuplicateStreams_hls", [0], [1, 2], tokens, [ones], [ones, ones])
+    # reads `window` tokens, then one in / one out, then drains: a sliding window in miniature
+    need = np.minimum(np.arange(tokens) + window, tokens - 1)
+    oldest = np.append(np.arange(tokens), tokens)
+    delay = fifos.Proc("delay", "ConvolutionInputGenerator_rtl", [1], [3],
+                       swg={"need": need, "oldest": oldest, "buffer": window + 1, "in": tokens, "out": tokens})
+    add = fifos.Proc("add", "ElementwiseAdd_hls", [3, 2], [4], tokens, [ones, ones], [ones])
+    g = fifos.StreamGraph([fork, delay, add], edges, 4, {"fork": tokens, "delay": tokens, "add": tokens})
+    return g, {2: skip_depth}
+
+
+def test_toy_join_deadlocks_below_the_window_and_runs_above():
+    from bnnflow.build_flows import fifos
+
+    g, depths = _toy(skip_depth=8)
+    small = fifos.simulate(g, depths)
+    assert small.deadlock and 2 in small.full_edges  # the skip FIFO is full, the delay line starves
+    g, depths = _toy(skip_depth=None)
+    free = fifos.simulate(g, depths)
+    assert not free.deadlock
+    peak = int(free.max_occupancy[2])
+    assert 40 <= peak <= 43  # the window the delay line buffers, plus a cycle or two
+    sized = fifos.simulate(g, {2: peak + 1})
+    assert not sized.deadlock and sized.interval == free.interval and sized.frame_done == free.frame_done
+
+
+def test_toy_sides_and_sizing():
+    from bnnflow.build_flows import fifos
+
+    g, _ = _toy(skip_depth=None)
+    sides = fifos.join_sides(g)
+    assert sides == {3: False, 2: True}  # the add waits on the delayed input, not on the skip
+    ref, need = fifos._stall_free_depths(g, 2)
+    assert need[3] == fifos.DEFAULT_DEPTH and need[2] > int(ref.max_occupancy[2])
+
+
+# ------------------------------------------------------------------ tiny FINN graphs
+
+@pytest.mark.parametrize("model", ["resnete", "densenet"])
+def test_join_fifos_sized_and_check_passes(model, folded):
+    from bnnflow.build_flows import fifos
+
+    res = folded(model)
+    plan = res.evaluation.fifo_plan
+    joins = {f.join for f in plan.fifos}
+    op = "ElementwiseAdd" if model == "resnete" else "StreamingConcat"
+    assert joins and all(op in j for j in joins)
+    for join in joins:
+        mine = [f for f in plan.fifos if f.join == join]
+        assert sum(f.short for f in mine) == 1, mine  # one short branch per join, and it got a real FIFO
+        short = next(f for f in mine if f.short)
+        assert short.depth > short.occupancy >= 1 and short.fork and short.fork.startswith("DuplicateStreams")
+    check = fifos.check_join_fifos(res.model)
+    assert check.ok and not check.deadlock and check.interval == check.reference_interval
+    # the FIFO memory is in the budget
+    assert res.evaluation.extra["LUT"] >= plan.join_lut > 0
+    assert res.evaluation.total["LUT"] <= res.budget["LUT"]
+
+
+@pytest.mark.parametrize("model", ["resnete", "densenet"])
+def test_undersized_join_fifo_fails_with_a_clear_message(model, folded):
+    from bnnflow.build_flows import fifos
+
+    res = folded(model)
+    plan = res.evaluation.fifo_plan
+    short = next(f for f in plan.fifos if f.short)
+    depths = plan.depths()
+    depths[short.join] = [2] * len(depths[short.join])
+    with pytest.raises(BnnflowError) as err:
+        fifos.check_join_fifos(res.model, depths, reference=plan)
+    msg = str(err.value)
+    assert "deadlocks" in msg and short.join in msg and f"input {short.port}" in msg
+    assert f"needs {short.depth}" in msg and "has depth 2" in msg
+    # not raising: the result says so too
+    assert not fifos.check_join_fifos(res.model, depths, raise_error=False).ok  # re-derives the reference
+
+
+def test_cnv_has_no_joins(folded):
+    from bnnflow.build_flows import fifos
+
+    res = folded("cnv")
+    plan = res.evaluation.fifo_plan
+    assert plan.fifos == [] and plan.n_streams > 10 and plan.default_fifo_lut > 0
+    assert fifos.check_join_fifos(res.model).ok
+
+
+def test_finn_inserts_the_configured_depths(folded, tmp_path_factory):
+    """FINN 1.6.1 reads the join depths from the folding config (inFIFODepths -> InsertFIFO)."""
+    from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
+    from finn.transformation.fpgadataflow.insert_fifo import InsertFIFO
+    from finn.transformation.general import ApplyConfig
+    from qonnx.custom_op.registry import getCustomOp
+
+    res = folded("resnete")
+    m, _ = specialised(tmp_path_factory, "resnete")
+    m = m.transform(ApplyConfig(res.config))
+    m = m.transform(InsertDWC()).transform(InsertFIFO(create_shallow_fifos=True))
+    short = [f for f in res.evaluation.fifo_plan.fifos if f.short]
+    for f in short:
+        join = next(n for n in m.graph.node if n.name == f.join)
+        fifo = m.find_producer(join.input[f.port])
+        assert fifo.op_type.startswith("StreamingFIFO")
+        assert getCustomOp(fifo).get_nodeattr("depth") == f.depth
+
+
+# ------------------------------------------------------------------ the default models
+
+def _default_build(model: str, tmp_path_factory) -> Path:
+    """A specialised default build: `bnnflow benchmark`'s when it is up to date, else built here."""
+    from bnnflow.build_flows.folding import build_matches, ensure_specialised
+    from bnnflow.hw.boards import get_board
+
+    board = get_board("pynq-z2")
+    bench = Path(os.environ.get("BNNFLOW_BENCH_DIR", REPO / "build" / "benchmark")) / f"{model}-default-pynq-z2"
+    if (bench / "intermediate_models" / "specialize_layers.onnx").exists() and \
+            build_matches(bench, model, "default", board, None):
+        return bench
+    out, _ = ensure_specialised(model, "default", board, shared_builds(tmp_path_factory) / f"{model}-default")
+    return out
+
+
+_DEFAULT_FOLDS: dict = {}
+
+
+def default_fold(model: str, tmp_path_factory):
+    """(specialised model, fold result) of a default model, once per session."""
+    from bnnflow.build_flows.folding import fold, specialised_model
+    from bnnflow.hw.boards import get_board
+
+    if model not in _DEFAULT_FOLDS:
+        m = specialised_model(_default_build(model, tmp_path_factory))
+        _DEFAULT_FOLDS[model] = (m, fold(m, get_board("pynq-z2"), name=f"{model}/default"))
+    return _DEFAULT_FOLDS[model]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["resnete", "densenet", "cnv"])
+def test_join_check_passes_on_default_models(model, tmp_path_factory):
+    from bnnflow.build_flows import fifos
+
+    _, res = default_fold(model, tmp_path_factory)
+    check = fifos.check_join_fifos(res.model, reference=res.evaluation.fifo_plan)
+    assert check.ok, check.message
+    if model != "cnv":
+        assert any(f.short for f in res.evaluation.fifo_plan.fifos)
