@@ -32,8 +32,11 @@ Typical use:
 def _model_args(p: argparse.ArgumentParser, board: bool = True) -> None:
     p.add_argument("model", help=f"network: {', '.join(MODELS)}")
     p.add_argument("--variant", default="default", help="width/depth variant (see 'bnnflow models'); default: %(default)s")
-    p.add_argument("--checkpoint", type=Path, help="trained .pt from 'bnnflow train'; without it: random weights, "
-                                                     "batch-norm statistics calibrated on CIFAR-10")
+    p.add_argument("--checkpoint", type=Path, help="trained .pt from 'bnnflow train'; default: the committed "
+                                                     "models/checkpoints/MODEL-VARIANT.pt where one exists, else "
+                                                     "random weights with batch-norm statistics calibrated on CIFAR-10")
+    p.add_argument("--random-weights", action="store_true",
+                   help="ignore the committed checkpoint and build calibrated random weights")
     if board:
         p.add_argument("--board", default="pynq-z2", help="target board (see 'bnnflow boards'); default: %(default)s")
 
@@ -280,6 +283,25 @@ COMMANDS = {"fold": cmd_fold, "benchmark": cmd_benchmark, "models": cmd_models, 
             "train": cmd_train, "evaluate": cmd_evaluate}
 
 
+def _default_checkpoint(args) -> None:
+    """No --checkpoint: take the committed trained weights of this model/variant, if any."""
+    if getattr(args, "checkpoint", False) is not None or not hasattr(args, "variant"):
+        return
+    if getattr(args, "random_weights", False) or getattr(args, "resume", False) or getattr(args, "from_step", None):
+        return
+    if args.command == "verify" and args.build is not None:
+        return  # verifies the weights that build holds
+    from bnnflow.models.checkpoint import committed_checkpoint, read_checkpoint
+
+    path = committed_checkpoint(args.model, args.variant)
+    if path is not None:
+        acc = read_checkpoint(path).get("meta", {}).get("test_top1")
+        acc_text = f", CIFAR-10 test top-1 {100 * acc:.1f} %" if acc is not None else ""
+        print(f"Using the committed checkpoint {path.relative_to(path.parents[2])}{acc_text} "
+              "(--random-weights for random weights).", file=sys.stderr)
+        args.checkpoint = path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
@@ -287,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.print_help()
         return 1
     try:
+        _default_checkpoint(args)
         return COMMANDS[args.command](args)
     except BnnflowError as exc:
         print(f"bnnflow: error: {exc}", file=sys.stderr)

@@ -13,7 +13,11 @@
   - psutil is used but not declared (requirements/runtime.lock pins it).
 * qonnx 1.0.0 renames and sorts graphs in O(nodes^2) (a linear scan per tensor / per node),
   run after every transformation; on a 12-block ResNetE streamlining spends most of its time
-  there. `speed_up_qonnx` swaps in linear-time versions with the same results (tested).
+  there. Its ComposedTransformation (FINN's StreamlinePlus) also re-runs the whole cleanup
+  (shape and datatype inference, renaming, sorting) after every member transformation, even
+  one that changed nothing. `speed_up_qonnx` swaps in linear-time versions and skips the
+  cleanup of an unchanged, already clean graph; results are byte-identical (tested), and
+  streamlining a ResNetE is ~2.5x faster.
 """
 
 from __future__ import annotations
@@ -151,11 +155,50 @@ def _sort_graph(self, model):
     return model, False
 
 
+def _composed_apply(self, model):
+    """qonnx's ComposedTransformation.apply, minus the cleanup of graphs nothing changed.
+
+    The first member always cleans up (the incoming graph may not be clean); after that a
+    member that reports no change and left the graph equal to its input is not followed by
+    the cleanup, which would reproduce the same (already clean) graph.
+    """
+    import copy
+
+    from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNodeNames
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.transformation.remove import RemoveIdentityOps
+
+    graph_modified = False
+    clean = False
+    for transformation in self.transformations:
+        before = model
+        model = copy.deepcopy(model)
+        changed = False
+        while True:
+            model, step_changed = transformation.apply(model)
+            changed = changed or step_changed
+            if not step_changed:
+                break
+        graph_modified = graph_modified or changed
+        if clean and not changed and model.model == before.model:
+            continue
+        model.cleanup()
+        model = model.transform(RemoveIdentityOps())
+        model = model.transform(GiveUniqueNodeNames())
+        model = model.transform(GiveReadableTensorNames())
+        model = model.transform(InferShapes())
+        model = model.transform(InferDataTypes())
+        clean = True
+    return model, graph_modified
+
+
 QONNX_ORIGINALS: dict = {}  # the replaced methods, kept for the equivalence tests
 
 
 def speed_up_qonnx() -> None:
     """Linear-time renaming and sorting for qonnx (same results, see module docstring)."""
+    import qonnx.transformation.composed as composed
     import qonnx.transformation.general as general
 
     for cls in (general.GiveUniqueTensorNames, general.GiveReadableTensorNames, general.SortGraph):
@@ -163,6 +206,8 @@ def speed_up_qonnx() -> None:
     general.GiveUniqueTensorNames.apply = _unique_tensor_names
     general.GiveReadableTensorNames.apply = _readable_tensor_names
     general.SortGraph.apply = _sort_graph
+    QONNX_ORIGINALS.setdefault("ComposedTransformation", composed.ComposedTransformation.apply)
+    composed.ComposedTransformation.apply = _composed_apply
 
 
 def set_finn_build_dir(path: str | os.PathLike) -> Path:

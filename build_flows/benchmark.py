@@ -43,17 +43,17 @@ DESIGNS: list[tuple[str, str]] = [
 TITLES = {"cnv": "CNV-W1A1", "resnete": "ResNetE", "densenet": "BinaryDenseNet"}
 RESULT_FILE = "bench_result.json"
 RESULT_VERSION = 1
-CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "models" / "checkpoints"
 # rough relative cost of a build (streamlining dominates), to start the long ones first
 COST = {"cnv": 1, "resnete": 4, "densenet": 4}
 VARIANT_COST = {"tiny": 0.5, "small": 0.8, "default": 1.0, "wide": 1.3}
 
 
 def checkpoint_for(model: str, variant: str) -> tuple[Path | None, float | None]:
-    path = CHECKPOINT_DIR / f"{model}-{variant}.pt"
-    if not path.is_file():
+    from bnnflow.models.checkpoint import committed_checkpoint, read_checkpoint
+
+    path = committed_checkpoint(model, variant)
+    if path is None:
         return None, None
-    from bnnflow.models.checkpoint import read_checkpoint
 
     acc = read_checkpoint(path).get("meta", {}).get("test_top1")
     return path, (float(acc) if acc is not None else None)

@@ -123,10 +123,13 @@ def run_build(req: BuildRequest, console: Console | None = None) -> dict:
     get_variant(req.model, req.variant)
     board = get_board(req.board)
     out = Path(req.out or default_out(req.model, req.variant, board.name)).resolve()
-    start = plan_folder(req, out)
+    # every input is checked before plan_folder may replace an existing build (--force)
     stop = req.stop_after or flow.STEP_NAMES[-1]
     flow.step_index(stop)
     fold = folding_file(req.model, req.variant, board, req.folding, out)
+    if req.checkpoint is not None and not (req.resume or req.from_step):
+        load_checkpoint(req.checkpoint, req.model, req.variant)
+    start = plan_folder(req, out)
     auto = req.folding is not None and str(req.folding) == AUTO_FOLDING
     cfg = flow.make_config(out, board, fold, req.target_fps)
     out.mkdir(parents=True, exist_ok=True)

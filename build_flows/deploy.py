@@ -51,8 +51,11 @@ def add_deploy_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("model", help="network: resnete, densenet, cnv")
     p.add_argument("--variant", default="default",
                    help="width/depth variant (see 'bnnflow models'); default: %(default)s")
-    p.add_argument("--checkpoint", type=Path, help="trained .pt from 'bnnflow train'; without it: random weights, "
-                                                     "batch-norm statistics calibrated on CIFAR-10")
+    p.add_argument("--checkpoint", type=Path, help="trained .pt from 'bnnflow train'; default: the committed "
+                                                     "models/checkpoints/MODEL-VARIANT.pt where one exists, else "
+                                                     "random weights with batch-norm statistics calibrated on CIFAR-10")
+    p.add_argument("--random-weights", action="store_true",
+                   help="ignore the committed checkpoint and build calibrated random weights")
     p.add_argument("--board", default="pynq-z2", help="target board (see 'bnnflow boards'); default: %(default)s")
     p.add_argument("--build", type=Path, help="build folder to package, built there first if it holds no finished "
                                               "build; default: build/MODEL-VARIANT-BOARD")

@@ -1,4 +1,9 @@
-"""Per-layer estimate summary (LUT / BRAM / DSP / cycles) against a board's budget."""
+"""Per-layer estimate summary (LUT / BRAM / DSP / cycles) against a board's budget.
+
+FINN's estimate reports come before its FIFO and data-width-converter insertion, so the
+summary adds what those will cost (bnnflow's FIFO model, the same the folding search charges)
+before it decides whether the design fits.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from rich.table import Table
 
 from bnnflow.hw.boards import Board
 
+from . import flow
 from .flow import read_report
 
 # finn-plus 1.6.1's estimator returns LUT = 0 for these ops, so LUT totals undercount.
@@ -30,14 +36,17 @@ def summarize(out_dir: Path, board: Board) -> dict:
         layers.append({"layer": name, "LUT": int(r.get("LUT", 0)), "BRAM_18K": int(r.get("BRAM_18K", 0)),
                        "DSP": int(r.get("DSP", 0)), "URAM": int(r.get("URAM", 0)),
                        "cycles": int(cycles.get(name, 0))})
-    total = {k: sum(layer[k] for layer in layers) for k in ("LUT", "BRAM_18K", "DSP", "URAM")}
+    layer_total = {k: sum(layer[k] for layer in layers) for k in ("LUT", "BRAM_18K", "DSP", "URAM")}
+    streams = _stream_costs(out_dir, board)
+    total = {k: layer_total[k] + streams.get(k, 0) for k in layer_total}
     budget = board.budget()
     use = {k: total[k] / (getattr(board, k.lower(), 0) if k != "BRAM_18K" else board.bram18)
            for k in ("LUT", "BRAM_18K", "DSP") if (board.bram18 if k == "BRAM_18K" else getattr(board, k.lower()))}
     fits = all(total[k] <= budget[k] for k in ("LUT", "BRAM_18K", "DSP"))
     return {
         "board": board.name, "part": board.part, "clock_mhz": board.clock_mhz,
-        "layers": layers, "total": total, "utilisation": use, "fits": fits,
+        "layers": layers, "layer_total": layer_total, "fifo_and_dwc": streams, "total": total,
+        "utilisation": use, "fits": fits,
         "budget": budget,
         "fps": float(perf["estimated_throughput_fps"]),
         "latency_ms": float(perf["estimated_latency_ns"]) / 1e6,
@@ -46,6 +55,20 @@ def summarize(out_dir: Path, board: Board) -> dict:
         "lut_unmodelled": sorted({l["layer"] for l in layers if l["LUT"] == 0
                                   and l["layer"].split("_")[0] in LUT_UNMODELLED}),
     }
+
+
+def _stream_costs(out_dir: Path, board: Board) -> dict:
+    """LUT/BRAM of the FIFOs and width converters FINN will add to the estimated graph."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from .fifos import graph_fifo_plan
+
+    path = flow.intermediate_path(Path(out_dir), flow.ESTIMATE_STEP)
+    if not path.exists():
+        return {}
+    plan = graph_fifo_plan(ModelWrapper(str(path)), board.part)
+    return {"LUT": plan.lut, "BRAM_18K": plan.bram, "DSP": 0, "URAM": 0,
+            "fifos": plan.n_streams, "dwcs": plan.n_dwc}
 
 
 def print_summary(summary: dict, console: Console | None = None, per_layer: bool = True) -> None:
@@ -68,6 +91,11 @@ def print_summary(summary: dict, console: Console | None = None, per_layer: bool
     totals = Table(title="Totals against the board budget (after the shell's share)")
     for col in ("", "LUT", "BRAM18", "DSP"):
         totals.add_column(col, justify="right")
+    s = summary.get("fifo_and_dwc") or {}
+    if s:
+        lt = summary["layer_total"]
+        totals.add_row("layers", f"{lt['LUT']:,}", str(lt["BRAM_18K"]), str(lt["DSP"]))
+        totals.add_row(f"{s['fifos']} FIFOs, {s['dwcs']} width conv.", f"{s['LUT']:,}", str(s["BRAM_18K"]), "0")
     totals.add_row("estimated", f"{t['LUT']:,}", str(t["BRAM_18K"]), str(t["DSP"]))
     totals.add_row("budget", f"{int(b['LUT']):,}", str(int(b["BRAM_18K"])), str(int(b["DSP"])))
     totals.add_row("of device", f"{u['LUT']:.1%}", f"{u['BRAM_18K']:.1%}", f"{u['DSP']:.1%}")

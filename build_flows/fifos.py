@@ -723,6 +723,14 @@ def default_fifo_plan(model, fpgapart: str) -> FifoPlan:
     return _plan(g, {e: DEFAULT_DEPTH for e in g.join_edges()}, None, fpgapart)
 
 
+def graph_fifo_plan(model, fpgapart: str) -> FifoPlan:
+    """What the FIFOs (join depths as the graph's inFIFODepths/outFIFODepths set them) and width
+    converters FINN will insert into this folded graph cost, without simulating."""
+    g = stream_graph(model, programs=False)
+    depths = depths_on_graph(model, g)
+    return _plan(g, {e: depths[e] for e in g.join_edges()}, None, fpgapart)
+
+
 def depths_on_graph(model, g: StreamGraph) -> dict[int, int]:
     """The FIFO depth FINN's InsertFIFO will give each stream: max(outFIFODepths, inFIFODepths)."""
     insts = {n.name: getCustomOp(n) for n in model.graph.node if is_hw(n)}

@@ -15,6 +15,13 @@ from bnnflow.errors import BnnflowError
 from .zoo import build_model
 
 FORMAT = "bnnflow-checkpoint-1"
+# trained weights shipped with the repo, one per model/variant; commands use them by default
+COMMITTED_DIR = Path(__file__).resolve().parent / "checkpoints"
+
+
+def committed_checkpoint(model: str, variant: str) -> Path | None:
+    path = COMMITTED_DIR / f"{model}-{variant}.pt"
+    return path if path.is_file() else None
 
 
 def save_checkpoint(path: str | Path, net: nn.Module, model: str, variant: str, meta: dict | None = None,

@@ -55,6 +55,19 @@ def test_corrupt_checkpoint(capsys, tmp_path):
     assert code != 0 and "corrupt" in one_sentence(err)
 
 
+def test_bad_input_with_force_keeps_the_existing_build(capsys, tmp_path):
+    """--force replaces a build only once every input checked out."""
+    out = tmp_path / "b"
+    out.mkdir()
+    precious = out / "summary.json"
+    precious.write_text("{}")
+    bad = tmp_path / "m.pt"
+    bad.write_text("not a checkpoint")
+    for extra in (["--checkpoint", str(bad)], ["--folding", str(tmp_path / "missing.json")]):
+        code, _, err = run_cli(capsys, "build", "cnv", "--variant", "tiny", "--out", str(out), "--force", *extra)
+        assert code != 0 and precious.read_text() == "{}", one_sentence(err)
+
+
 def test_existing_build_folder_is_kept_without_force(capsys, tmp_path):
     out = tmp_path / "b"
     out.mkdir()
@@ -77,3 +90,26 @@ def test_listings(capsys):
     for cmd, word in (("models", "ResNetE"), ("boards", "xc7z020clg400-1"), ("steps", "hw_ipgen")):
         code, out, _ = run_cli(capsys, cmd)
         assert code == 0 and word in out
+
+
+def test_committed_checkpoint_is_the_default(tmp_path, monkeypatch, capsys):
+    import bnnflow.models.checkpoint as ckpt
+    from bnnflow.cli import _default_checkpoint, parser
+    from bnnflow.models.zoo import build_model
+
+    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
+    monkeypatch.setattr(ckpt, "COMMITTED_DIR", tmp_path / "models" / "checkpoints")
+    path = ckpt.save_checkpoint(ckpt.COMMITTED_DIR / "cnv-tiny.pt", build_model("cnv", "tiny"), "cnv", "tiny",
+                                meta={"test_top1": 0.5})
+    args = parser().parse_args(["build", "cnv", "--variant", "tiny"])
+    _default_checkpoint(args)
+    assert args.checkpoint == path and "top-1 50.0 %" in capsys.readouterr().err
+    for argv in (["build", "cnv", "--variant", "tiny", "--random-weights"],  # asked for random weights
+                 ["build", "cnv"],  # no committed default variant
+                 ["verify", "cnv", "--variant", "tiny", "--build", str(tmp_path)]):  # the build's own weights
+        args = parser().parse_args(argv)
+        _default_checkpoint(args)
+        assert args.checkpoint is None, argv
+    args = parser().parse_args(["build", "cnv", "--variant", "tiny", "--checkpoint", str(tmp_path / "x.pt")])
+    _default_checkpoint(args)
+    assert args.checkpoint == tmp_path / "x.pt"

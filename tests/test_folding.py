@@ -139,6 +139,10 @@ def test_build_with_folding_auto(cnv_tiny, cnv_fold, board):
     assert applied["MVAU_hls_1"]["PE"] == cnv_fold.config["MVAU_hls_1"]["PE"]
     assert res["summary"]["max_cycles"] == cnv_fold.evaluation.max_cycles
     assert res["summary"]["fits"]
+    # the estimate's verdict charges the FIFOs and width converters exactly as the search did
+    for r in ("LUT", "BRAM_18K"):
+        assert res["summary"]["total"][r] == pytest.approx(cnv_fold.evaluation.total[r])
+    assert res["summary"]["fifo_and_dwc"]["LUT"] > 0
 
 
 def test_cli_fold_reuses_build_and_writes_config(cnv_tiny, tmp_path, capsys):
