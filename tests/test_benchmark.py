@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +82,9 @@ def test_benchmark_tiny_cnv_and_cache(tmp_path_factory):
     assert row["error"] is None and row["fits"] and row["fps"] > 1000
     assert 0 < row["compute_bound_pct"] <= 100 and row["binary_macs"] > 1e6
     assert 0 < row["LUT_pct"] <= 85 and 0 < row["BRAM_pct"] <= 95
+    # the row's resources are the search's own total (layers + FIFOs + converters), counted once
+    searched = json.loads((Path(row["out"]) / "fold_report.json").read_text())["total"]
+    assert row["LUT"] == pytest.approx(searched["LUT"]) and row["BRAM_18K"] == pytest.approx(searched["BRAM_18K"])
     assert row["accuracy"] is None  # no checkpoint for cnv/tiny
     assert (bench / "benchmark.md").exists() and (bench / "benchmark.json").exists()
     t0 = time.time()
