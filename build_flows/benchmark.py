@@ -252,7 +252,10 @@ def plot(report: dict, path: Path) -> Path:
         ys = [(100 * r["accuracy"] if r["accuracy"] <= 1 else r["accuracy"]) if r.get("accuracy") is not None
               else 10.0 for r in mine]
         trained = [r.get("accuracy") is not None for r in mine]
-        ax.plot(xs, ys, "-", color=colors[model], alpha=0.4)
+        # a line joins only measured accuracies (untrained points sit at chance, they are no trend)
+        measured = [(x, y) for x, y, t in zip(xs, ys, trained) if t]
+        if len(measured) > 1:
+            ax.plot(*zip(*measured), "-", color=colors[model], alpha=0.4)
         for x, y, t, r in zip(xs, ys, trained, mine):
             ax.scatter([x], [y], marker=markers[model], s=70, color=colors[model] if t else "white",
                        edgecolors=colors[model], zorder=3)
@@ -271,9 +274,9 @@ def plot(report: dict, path: Path) -> Path:
     ax.set_xlabel(f"estimated FPS on {report['board']} at {report['clock_mhz']:.0f} MHz")
     ax.set_ylabel("CIFAR-10 test top-1 (%)")
     title = "accuracy vs estimated throughput"
+    ax.set_ylim(0, 100)
     if untrained:
         title += "\nuntrained: no checkpoints yet (points drawn at chance, 10 %)"
-        ax.set_ylim(0, 100)
     elif any(r.get("accuracy") is None for r in rows):
         title += "\nhollow = untrained (drawn at chance, 10 %)"
     ax.set_title(title, fontsize=10)
