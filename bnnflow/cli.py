@@ -298,7 +298,7 @@ def _default_checkpoint(args) -> None:
         acc = read_checkpoint(path).get("meta", {}).get("test_top1")
         acc_text = f", CIFAR-10 test top-1 {100 * acc:.1f} %" if acc is not None else ""
         print(f"Using the committed checkpoint {path.relative_to(path.parents[2])}{acc_text} "
-              "(--random-weights for random weights).", file=sys.stderr)
+              "(--random-weights for random weights).")  # stdout: stderr carries only the one-sentence errors
         args.checkpoint = path
 
 

@@ -103,7 +103,7 @@ def test_committed_checkpoint_is_the_default(tmp_path, monkeypatch, capsys):
                                 meta={"test_top1": 0.5})
     args = parser().parse_args(["build", "cnv", "--variant", "tiny"])
     _default_checkpoint(args)
-    assert args.checkpoint == path and "top-1 50.0 %" in capsys.readouterr().err
+    assert args.checkpoint == path and "top-1 50.0 %" in capsys.readouterr().out
     for argv in (["build", "cnv", "--variant", "tiny", "--random-weights"],  # asked for random weights
                  ["build", "cnv"],  # no committed default variant
                  ["verify", "cnv", "--variant", "tiny", "--build", str(tmp_path)]):  # the build's own weights
