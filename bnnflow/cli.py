@@ -291,11 +291,11 @@ def _default_checkpoint(args) -> None:
         return
     if args.command == "verify" and args.build is not None:
         return  # verifies the weights that build holds
-    from bnnflow.models.checkpoint import committed_checkpoint, read_checkpoint
+    from bnnflow.models.checkpoint import committed_checkpoint, recorded_top1
 
     path = committed_checkpoint(args.model, args.variant)
     if path is not None:
-        acc = read_checkpoint(path).get("meta", {}).get("test_top1")
+        acc = recorded_top1(path)
         acc_text = f", CIFAR-10 test top-1 {100 * acc:.1f} %" if acc is not None else ""
         print(f"Using the committed checkpoint {path.relative_to(path.parents[2])}{acc_text} "
               "(--random-weights for random weights).")  # stdout: stderr carries only the one-sentence errors

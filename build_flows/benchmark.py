@@ -49,14 +49,10 @@ VARIANT_COST = {"tiny": 0.5, "small": 0.8, "default": 1.0, "wide": 1.3}
 
 
 def checkpoint_for(model: str, variant: str) -> tuple[Path | None, float | None]:
-    from bnnflow.models.checkpoint import committed_checkpoint, read_checkpoint
+    from bnnflow.models.checkpoint import committed_checkpoint, recorded_top1
 
     path = committed_checkpoint(model, variant)
-    if path is None:
-        return None, None
-
-    acc = read_checkpoint(path).get("meta", {}).get("test_top1")
-    return path, (float(acc) if acc is not None else None)
+    return (path, recorded_top1(path)) if path is not None else (None, None)
 
 
 def lane_luts(fpgapart: str, simd: int = 32) -> float:

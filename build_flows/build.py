@@ -62,16 +62,17 @@ def folding_file(model: str, variant: str, board: Board, override: Path | None,
     return path if path.is_file() else None
 
 
-def prepare_network(req: BuildRequest, console: Console):
-    """The Brevitas network to build (checkpoint, else calibrated random weights), tie-guarded."""
-    net, origin = _load_or_init(req, console)
+def prepare_network(req: BuildRequest, console: Console, loaded: tuple | None = None):
+    """The Brevitas network to build (checkpoint, else calibrated random weights), tie-guarded.
+    `loaded`: the (net, payload) of req.checkpoint when the caller has loaded it already."""
+    net, origin = _load_or_init(req, console, loaded)
     origin["tie_guard"] = guard_rounding_ties(net)
     return net, origin
 
 
-def _load_or_init(req: BuildRequest, console: Console):
+def _load_or_init(req: BuildRequest, console: Console, loaded: tuple | None = None):
     if req.checkpoint is not None:
-        net, payload = load_checkpoint(req.checkpoint, req.model, req.variant)
+        net, payload = loaded or load_checkpoint(req.checkpoint, req.model, req.variant)
         return net, {"checkpoint": str(req.checkpoint), "checkpoint_sha256": file_sha256(req.checkpoint),
                      "accuracy": payload.get("meta", {}).get("test_top1")}
     import torch
@@ -127,8 +128,9 @@ def run_build(req: BuildRequest, console: Console | None = None) -> dict:
     stop = req.stop_after or flow.STEP_NAMES[-1]
     flow.step_index(stop)
     fold = folding_file(req.model, req.variant, board, req.folding, out)
+    loaded = None
     if req.checkpoint is not None and not (req.resume or req.from_step):
-        load_checkpoint(req.checkpoint, req.model, req.variant)
+        loaded = load_checkpoint(req.checkpoint, req.model, req.variant)
     start = plan_folder(req, out)
     auto = req.folding is not None and str(req.folding) == AUTO_FOLDING
     cfg = flow.make_config(out, board, fold, req.target_fps)
@@ -136,7 +138,7 @@ def run_build(req: BuildRequest, console: Console | None = None) -> dict:
     state = flow.BuildState(out)
     t_start = time.time()
     if start == "export":
-        net, origin = prepare_network(req, console)
+        net, origin = prepare_network(req, console, loaded)
         with console.status("Exporting QONNX..."):
             export_model(net, out / flow.QONNX_FILE)
         # the exact Brevitas weights of this build, so `verify --build` compares like with like

@@ -24,6 +24,12 @@ def committed_checkpoint(model: str, variant: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def recorded_top1(path: str | Path) -> float | None:
+    """The CIFAR-10 test top-1 `bnnflow train` recorded in a checkpoint's manifest, if any."""
+    acc = read_checkpoint(path).get("meta", {}).get("test_top1")
+    return float(acc) if acc is not None else None
+
+
 def save_checkpoint(path: str | Path, net: nn.Module, model: str, variant: str, meta: dict | None = None,
                     extra: dict | None = None) -> Path:
     """Write atomically; `extra` (e.g. optimizer state for --resume) is stored beside the weights."""
