@@ -26,6 +26,7 @@ Typical use:
   bnnflow deploy cnv --variant tiny      folder + .zip for the board: bitfile, driver, notebook, test images
   bnnflow train resnete --epochs 150     train from scratch on CIFAR-10 (runs/..., --resume continues)
   bnnflow evaluate runs/X/best.pt        test top-1: Brevitas on all 10,000 images, FINN graph image for image
+  bnnflow runs runs/*                    recipe table of training runs (epochs, CPU-hours, val/test top-1)
 """
 
 
@@ -93,6 +94,7 @@ def parser() -> argparse.ArgumentParser:
     add_deploy_parser(sub)
     _light("train").add_train_parser(sub)
     _light("evaluate").add_evaluate_parser(sub)
+    _light("runs_table").add_runs_parser(sub)
 
     p = sub.add_parser("fold", help="search the fastest folding that fits the board; write it as a folding config",
                        description="Builds the model up to specialize_layers (reusing an up-to-date build folder), "
@@ -266,6 +268,12 @@ def cmd_evaluate(args) -> int:
     return evaluate(args)
 
 
+def cmd_runs(args) -> int:
+    from bnnflow.models.runs_table import cmd_runs as runs
+
+    return runs(args)
+
+
 def cmd_fold(args) -> int:
     from bnnflow.build_flows.folding import cmd_fold as fold
 
@@ -280,7 +288,7 @@ def cmd_benchmark(args) -> int:
 
 COMMANDS = {"fold": cmd_fold, "benchmark": cmd_benchmark, "models": cmd_models, "boards": cmd_boards, "steps": cmd_steps, "export": cmd_export,
             "build": cmd_build, "estimate": cmd_estimate, "verify": cmd_verify, "deploy": cmd_deploy,
-            "train": cmd_train, "evaluate": cmd_evaluate}
+            "train": cmd_train, "evaluate": cmd_evaluate, "runs": cmd_runs}
 
 
 def _default_checkpoint(args) -> None:

@@ -14,3 +14,9 @@ class MissingToolError(BnnflowError):
     """A vendor tool (Vivado, Vitis HLS, a board) that a step needs is not installed."""
 
     exit_code = 3
+
+
+class Interrupted(BnnflowError):
+    """Ctrl-C, reported with what it left (as the shell's 128 + SIGINT)."""
+
+    exit_code = 130

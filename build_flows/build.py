@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import numpy as np
 from rich.console import Console
 
 from bnnflow.atomic import write_json
-from bnnflow.errors import BnnflowError, MissingToolError
+from bnnflow.errors import BnnflowError, Interrupted, MissingToolError
 from bnnflow.hw.boards import Board, get_board
 from bnnflow.models.checkpoint import calibrate, file_sha256, load_checkpoint, save_checkpoint
 from bnnflow.models.export import export_model
@@ -62,6 +63,18 @@ def folding_file(model: str, variant: str, board: Board, override: Path | None,
     return path if path.is_file() else None
 
 
+def _load_checkpoint(req: BuildRequest) -> tuple:
+    """load_checkpoint, with a payload of the right format but damaged fields also one sentence."""
+    try:
+        net, payload = load_checkpoint(req.checkpoint, req.model, req.variant)
+        if not isinstance(payload.get("meta", {}), dict):
+            raise TypeError("meta")
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise BnnflowError(f"Checkpoint {req.checkpoint} is damaged (its {exc} entry is missing or of the wrong "
+                           "type): re-create it with 'bnnflow train'.") from None
+    return net, payload
+
+
 def prepare_network(req: BuildRequest, console: Console, loaded: tuple | None = None):
     """The Brevitas network to build (checkpoint, else calibrated random weights), tie-guarded.
     `loaded`: the (net, payload) of req.checkpoint when the caller has loaded it already."""
@@ -72,7 +85,7 @@ def prepare_network(req: BuildRequest, console: Console, loaded: tuple | None = 
 
 def _load_or_init(req: BuildRequest, console: Console, loaded: tuple | None = None):
     if req.checkpoint is not None:
-        net, payload = loaded or load_checkpoint(req.checkpoint, req.model, req.variant)
+        net, payload = loaded or _load_checkpoint(req)
         return net, {"checkpoint": str(req.checkpoint), "checkpoint_sha256": file_sha256(req.checkpoint),
                      "accuracy": payload.get("meta", {}).get("test_top1")}
     import torch
@@ -111,12 +124,41 @@ def plan_folder(req: BuildRequest, out: Path) -> str:
         if nxt >= len(flow.STEP_NAMES):
             raise BnnflowError(f"The build in {out} already finished every step; use --from-step to redo one.")
         return flow.STEP_NAMES[nxt]
-    if out.exists() and any(out.iterdir()):
-        if not req.force:
-            raise BnnflowError(f"Build folder {out} already exists: pass --resume to continue it, --from-step to redo "
-                               "part of it, --force to replace it, or --out for a new folder.")
-        shutil.rmtree(out)
-    return "export"
+    if out.exists() and any(out.iterdir()) and not req.force:
+        raise BnnflowError(f"Build folder {out} already exists: pass --resume to continue it, --from-step to redo "
+                           "part of it, --force to replace it, or --out for a new folder.")
+    return "export"  # with --force, run_build sets the old build aside and deletes it only once this one ends
+
+
+def _check_folding_early(req: BuildRequest, out: Path, fold: Path | None, board: Board, start: str) -> None:
+    """A folding config given as a file is read now, and checked against the graph the folding step will
+    see when this folder already holds it, so a bad config fails before anything is replaced."""
+    late = start != "export" and flow.step_index(start) > flow.step_index("apply_folding_config")
+    if req.folding is not None and late:
+        raise BnnflowError(f"--folding takes effect in step apply_folding_config, which a build starting at {start} "
+                           "skips: pass --from-step apply_folding_config (or an earlier step).")
+    if fold is None or not fold.is_file() or late:
+        return
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from .folding_check import check_folding, load_folding_json
+
+    config = load_folding_json(fold)
+    data = flow.BuildState(out, strict=not req.force).data if out.is_dir() else {}
+    if (data.get("model"), data.get("variant")) != (req.model, req.variant):
+        return  # no graph of this model here: the flow checks it right before the folding step
+    for step in ("target_fps_parallelization", "specialize_layers"):
+        path = flow.intermediate_path(out, step)
+        if path.is_file():
+            check_folding(ModelWrapper(str(path)), config, f"Folding config {fold.name}", board.uram)
+            return
+
+
+def _set_aside(out: Path) -> Path:
+    backup = out.with_name(f".{out.name}.replaced")
+    shutil.rmtree(backup, ignore_errors=True)
+    os.replace(out, backup)
+    return backup
 
 
 def run_build(req: BuildRequest, console: Console | None = None) -> dict:
@@ -127,13 +169,40 @@ def run_build(req: BuildRequest, console: Console | None = None) -> dict:
     # every input is checked before plan_folder may replace an existing build (--force)
     stop = req.stop_after or flow.STEP_NAMES[-1]
     flow.step_index(stop)
+    check_target_fps(req.target_fps, board)
     fold = folding_file(req.model, req.variant, board, req.folding, out)
     loaded = None
     if req.checkpoint is not None and not (req.resume or req.from_step):
-        loaded = load_checkpoint(req.checkpoint, req.model, req.variant)
+        loaded = _load_checkpoint(req)
     start = plan_folder(req, out)
+    _check_folding_early(req, out, fold, board, start)
     auto = req.folding is not None and str(req.folding) == AUTO_FOLDING
     cfg = flow.make_config(out, board, fold, req.target_fps)
+    backup = _set_aside(out) if start == "export" and out.exists() and any(out.iterdir()) else None
+    try:
+        result = _run(req, console, board, out, fold, loaded, start, stop, auto, cfg)
+    except BaseException as exc:
+        if backup is None:
+            raise
+        shutil.rmtree(out, ignore_errors=True)  # the new build failed: the old one comes back as it was
+        os.replace(backup, out)
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(f"Interrupted: {out} holds the build it held before --force, unchanged.") from None
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+    return result
+
+
+def check_target_fps(target_fps: int | None, board: Board) -> None:
+    limit = int(board.clock_mhz * 1e6)  # one image per clock cycle
+    if target_fps is not None and not 0 < target_fps <= limit:
+        raise BnnflowError(f"--target-fps must be a frame rate from 1 to {limit:,} (one image per cycle of the "
+                           f"{board.clock_mhz:.0f} MHz clock), not {target_fps}.")
+
+
+def _run(req: BuildRequest, console: Console, board: Board, out: Path, fold: Path | None, loaded, start: str,
+         stop: str, auto: bool, cfg) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     state = flow.BuildState(out)
     t_start = time.time()
@@ -181,10 +250,11 @@ def run_build(req: BuildRequest, console: Console | None = None) -> dict:
         stopped = exc
     finally:
         status.stop()
-        summary = summarize(out, board)
-        if summary:
-            write_json(out / "summary.json", summary)
-            summary["weights"] = state.data.get("weights") or flow.BuildState(out).data.get("weights")
+    # reached only when every step ran (or a tool is missing): a failed step leaves summary.json as it was
+    summary = summarize(out, board)
+    if summary:
+        write_json(out / "summary.json", summary)
+        summary["weights"] = state.data.get("weights") or flow.BuildState(out).data.get("weights")
     console.print(f"{'Stopped' if stopped else 'Finished'} after {time.time() - t_start:.0f} s.")
     return {"out": out, "summary": summary, "board": board, "stopped": stopped}
 

@@ -110,7 +110,7 @@ def ensure_build(args, console) -> Path:
     from .build import BuildRequest, default_out, run_build
 
     build = Path(args.build or default_out(args.model, args.variant, args.board)).resolve()
-    state = flow.BuildState(build)
+    state = flow.BuildState(build, strict=not args.force)
     resume = False
     if state.path.exists() and not args.force:
         have = (state.data.get("model"), state.data.get("variant"), state.data.get("board"))
@@ -373,11 +373,7 @@ def make_package(build: Path, out: Path, images: int = 100, data: Path | None = 
             shutil.copy2(bit[1], tmp / bit[1].name)
         write_json(tmp / "io_shape.json", io)
         if images:
-            try:
-                x, y = load_cifar10(data, "test")
-            except BnnflowError as exc:
-                raise BnnflowError(f"{str(exc).rstrip('.')}, or --images 0 for a package without test "
-                                   "images.") from None
+            x, y = load_cifar10(data, "test")
             if images > len(x):
                 raise BnnflowError(f"--images {images} is more than the {len(x)} CIFAR-10 test images available.")
             x, y = x[:images], np.asarray(y[:images], dtype=np.int64)
@@ -438,9 +434,20 @@ def cmd_deploy(args) -> int:
     get_variant(args.model, args.variant)
     board = get_board(args.board).name
     args.board = board
+    if args.images < 1:  # the package's notebook reads its test images
+        raise BnnflowError(f"--images must be at least 1, not {args.images}: the package's notebook classifies "
+                           "the CIFAR-10 test images packaged with it.")
+    from .build import check_target_fps
+
+    check_target_fps(args.target_fps, get_board(board))
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise BnnflowError(f"Checkpoint {args.checkpoint} does not exist: pass the .pt file written by "
                            "'bnnflow train'.")
+    from bnnflow.models.data import load_cifar10
+
+    x, _ = load_cifar10(args.data, "test")  # bad data fails now, not after a build of minutes
+    if args.images > len(x):
+        raise BnnflowError(f"--images {args.images} is more than the {len(x)} CIFAR-10 test images available.")
     build = ensure_build(args, console)
     out = Path(args.out or default_package_dir(args.model, args.variant, board))
     with console.status("Packaging (and classifying the packaged test images off board)..."):

@@ -118,9 +118,22 @@ def make_config(out_dir: Path, board: Board, folding_file: Path | None, target_f
 class BuildState:
     """`build_state.json`: what the build is and which steps have finished."""
 
-    def __init__(self, out_dir: Path):
-        self.path = out_dir / STATE_FILE
-        self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+    def __init__(self, out_dir: Path, strict: bool = True):
+        """strict=False: a damaged file reads as empty (for --force, which replaces it anyway)."""
+        self.path = Path(out_dir) / STATE_FILE
+        self.data = {}
+        if self.path.exists():
+            try:
+                self.data = json.loads(self.path.read_bytes().decode("utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                self.data = None
+            ok = isinstance(self.data, dict) and isinstance(self.data.get("done", []), list) \
+                and all(s in STEP_NAMES for s in self.data.get("done", []))
+            if not ok and not strict:
+                self.data = {}
+            elif not ok:
+                raise BnnflowError(f"{self.path} is damaged (not the JSON object bnnflow writes): rebuild with "
+                                   "--force, or pass another --out.")
 
     @property
     def done(self) -> list[str]:
@@ -172,14 +185,25 @@ def run_steps(out_dir: Path, cfg: DataflowBuildConfig, start: str, stop: str,
                 f"Step '{step.name}' ({step.title}) needs {step.tool}, which is not installed: everything up to "
                 f"'{STEP_NAMES[STEP_NAMES.index(step.name) - 1]}' is in {out_dir}, and "
                 f"'bnnflow build ... --resume' continues from here once the tool is set up.")
+        if step.name == "apply_folding_config" and cfg.folding_config_file:
+            from .folding_check import check_folding_file
+
+            check_folding_file(model, Path(cfg.folding_config_file), cfg.fpga_part)  # before FINN touches it
         if on_step:
             on_step(step, "start")
         t0 = time.time()
-        with quiet(out_dir / "build.log"):
-            print(f"=== step {step.name}", flush=True)
-            model = step.run(model, cfg)
+        try:
+            with quiet(out_dir / "build.log"):
+                print(f"=== step {step.name}", flush=True)
+                model = step.run(model, cfg)
+        except Exception as exc:
+            # later steps' files may be from an earlier run: say so in the state, beside them
+            state.data["failed"] = {"step": step.name, "error": f"{type(exc).__name__}: {exc}"[:500]}
+            state.save()
+            raise
         save_model(model, intermediate_path(out_dir, step.name))
         state.data.pop("stopped_at", None)
+        state.data.pop("failed", None)
         state.mark(step.name, time.time() - t0)
         if on_step:
             on_step(step, "done")

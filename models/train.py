@@ -20,6 +20,11 @@ The logits of a bias-free classifier on binary features are large integers; the 
 learned positive temperature exp(s) * logits (training only: it never changes the argmax,
 so the exported network is unchanged).
 
+Steps run through engine.Engine: the fast twin of fast.py (compiled, bf16 where the hardware
+has it) once the activation scales have their statistics, Brevitas before that or with
+--engine brevitas.  The last --val-size training images are held out: best.pt is the epoch of
+the best validation top-1; the test set is only reported.
+
 A run folder holds last.pt (everything --resume needs: weights, optimizer, schedule, RNG
 states, epoch, the quantisers' statistics-collection counters), best.pt (weights, batch-norm
 statistics and quantiser scales only, plus a manifest), log.csv / log.json and curve.png.
@@ -49,11 +54,16 @@ DEFAULT_LR = {"adam": 2e-3, "sgd": 0.1, "psi": 2e-3}  # psi: lr of the Adam part
 DEFAULT_PSI_LR = 30.0  # angular steps like Adam 2e-3 (steps on the RMS-1 representative, see psi.py)
 RUN_FILES = ("last.pt", "best.pt", "log.csv", "log.json", "curve.png", "run.json")
 # recipe options: None on the command line means "default" for a new run, "as saved" for --resume
+ENGINES = ("fast", "brevitas")
+DEFAULT_VAL_SIZE = 5000  # the last 5,000 training images select best.pt; the test set never does
 RECIPE_DEFAULTS = dict(variant="default", epochs=150, batch_size=128, lr=None, optimizer="adam", psi_lr=DEFAULT_PSI_LR,
                        momentum=0.9, weight_decay=0.0, seed=0, recu=False, tau_start=0.85, tau_end=0.99, subset=None,
-                       test_subset=None)
+                       test_subset=None, val_size=DEFAULT_VAL_SIZE, label_smoothing=0.0, warmup_epochs=0)
 FIXED_ON_RESUME = ("model", "variant", "batch_size", "lr", "optimizer", "psi_lr", "momentum", "weight_decay", "seed",
-                   "recu", "tau_start", "tau_end", "subset", "test_subset")
+                   "recu", "tau_start", "tau_end", "subset", "test_subset", "val_size", "label_smoothing",
+                   "warmup_epochs")
+# how each step is computed may change on --resume (same state, other arithmetic): logged per epoch
+ENGINE_KEYS = ("engine", "bf16", "compile")
 
 
 @dataclass
@@ -71,8 +81,15 @@ class TrainConfig:
     recu: bool = False
     tau_start: float = 0.85
     tau_end: float = 0.99
+    label_smoothing: float = 0.0
+    warmup_epochs: int = 0
     subset: int | None = None
     test_subset: int | None = None
+    val_size: int = DEFAULT_VAL_SIZE
+    engine: str = "fast"
+    bf16: bool | None = None  # None: on for the fast engine where the CPU/GPU has bf16 units
+    compile: bool = True
+    shorten: bool = False
     data: str | None = None
     out: str | None = None
     resume: bool = False
@@ -85,7 +102,8 @@ class TrainConfig:
 
     def recipe(self) -> dict:
         keys = ("model", "variant", "epochs", "batch_size", "lr", "optimizer", "psi_lr", "momentum", "weight_decay",
-                "seed", "recu", "tau_start", "tau_end", "subset", "test_subset")
+                "seed", "recu", "tau_start", "tau_end", "subset", "test_subset", "val_size", "label_smoothing",
+                "warmup_epochs")
         d = {k: getattr(self, k) for k in keys}
         if self.optimizer != "psi":
             d.pop("psi_lr")
@@ -104,8 +122,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         "train", help="train a model from scratch on CIFAR-10 (resumable, deterministic)",
         description="Train a binary network from scratch on CIFAR-10 with the simple recipe of Bethge et al. "
                     "(no pre-training, no scaling factors, straight-through sign, crop+flip augmentation, "
-                    "Adam with a cosine schedule). Writes a run folder with best.pt (for 'bnnflow build "
-                    "--checkpoint'), last.pt (for --resume), log.csv, log.json and curve.png.")
+                    "Adam with a cosine schedule), through a fast compiled twin of the Brevitas model by default. "
+                    "The last 5,000 training images are held out to select best.pt (for 'bnnflow build "
+                    "--checkpoint'); last.pt is for --resume; log.csv, log.json and curve.png log every epoch.")
     p.add_argument("model", nargs="?", help=f"network: {', '.join(MODELS)} (optional with --resume)")
     p.add_argument("--variant", help="width/depth variant (see 'bnnflow models'); default: default")
     p.add_argument("--epochs", type=int, help=f"training epochs; default: {RECIPE_DEFAULTS['epochs']} (with --resume: "
@@ -123,9 +142,27 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="ReCU: weight standardisation and rectified clamp of binary latent weights (off by default)")
     p.add_argument("--tau-start", type=float, help="ReCU's tau at the first epoch; default: 0.85")
     p.add_argument("--tau-end", type=float, help="ReCU's tau at the last epoch; default: 0.99")
+    p.add_argument("--label-smoothing", type=float, help="label smoothing of the training loss; default: 0")
+    p.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up before the cosine decay; default: 0")
     p.add_argument("--seed", type=int, help="seed of weights, shuffling and augmentation; default: 0")
     p.add_argument("--subset", type=int, help="train on the first N training images (quick runs)")
     p.add_argument("--test-subset", type=int, help="evaluate on the first N test images (default: all 10,000)")
+    p.add_argument("--val-size", type=int, help=f"hold out the last N training images to select best.pt "
+                                                f"(never the test set); default: {DEFAULT_VAL_SIZE}; 0: best.pt is "
+                                                "the last epoch")
+    p.add_argument("--engine", choices=ENGINES, help="fast (default): a compiled plain-PyTorch twin that shares "
+                                                     "the Brevitas model's weights and equals its forward in fp32; "
+                                                     "brevitas: Brevitas' own forward (slow on CPUs)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast for the fast engine's training steps (evaluation stays fp32); default: on "
+                        "where the CPU has AMX/AVX512-BF16 or on a GPU")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the fast engine's forward (default: on; ~1 min to compile on 2 cores)")
+    p.add_argument("--shorten", action="store_true",
+                   help="with --resume and a smaller --epochs: end the run early on the shortened schedule")
+    p.add_argument("--benchmark-steps", type=int, metavar="N",
+                   help="time N training steps of the Brevitas forward and of the fast engine side by side on "
+                        "the same batches, print images/s and the ratio, and exit (nothing is written)")
     p.add_argument("--data", type=Path, help="CIFAR-10 copy: folder with cifar10_{train,test}.npz or "
                                              "cifar-10-batches-py, or the train .npz (test beside it)")
     p.add_argument("--out", type=Path, help="run folder; default: runs/MODEL-VARIANT[-recu][-psi]-sSEED")
@@ -151,16 +188,24 @@ def config_from_args(args) -> TrainConfig:
             explicit.add(key)
     if args.model is not None:
         explicit.add("model")
+    explicit.update(k for k in ENGINE_KEYS if getattr(args, k, None) is not None)
     return TrainConfig(model=args.model, data=str(args.data) if args.data else None,
                        out=str(args.out) if args.out else None, resume=args.resume, force=args.force,
                        device=args.device, threads=args.threads, stop_after=args.stop_after,
-                       progress=not args.no_progress, explicit=explicit, **values)
+                       progress=not args.no_progress, explicit=explicit, engine=args.engine or "fast",
+                       bf16=args.bf16, compile=True if args.compile is None else args.compile,
+                       shorten=args.shorten, **values)
 
 
 def cmd_train(args) -> int:
     from rich.console import Console
 
     console = Console(highlight=False)
+    if args.benchmark_steps is not None:
+        from .train_speed import benchmark
+
+        benchmark(config_from_args(args), args.benchmark_steps, console)
+        return 0
     result = train(config_from_args(args), console)
     return 0 if result is not None else 1
 
@@ -174,12 +219,19 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.model is None:
         raise BnnflowError(f"Name the model to train ({', '.join(MODELS)}), or pass --resume with --out RUN_FOLDER.")
     get_variant(cfg.model, cfg.variant)
-    positive = {"epochs": cfg.epochs, "batch-size": cfg.batch_size}
-    for name, v in positive.items():
-        if v < 1:
-            raise BnnflowError(f"--{name} must be at least 1, got {v}.")
+    if cfg.epochs < 1:
+        raise BnnflowError(f"--epochs must be at least 1, got {cfg.epochs}.")
     if cfg.batch_size < 2:
-        raise BnnflowError("--batch-size must be at least 2: batch norm needs two images per batch.")
+        raise BnnflowError(f"--batch-size must be at least 2 (batch norm needs two images per batch), got "
+                           f"{cfg.batch_size}.")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise BnnflowError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}.")
+    if not 0 <= cfg.warmup_epochs < cfg.epochs:
+        raise BnnflowError(f"--warmup-epochs must be from 0 to --epochs - 1 ({cfg.epochs - 1}), got {cfg.warmup_epochs}.")
+    if cfg.val_size < 0:
+        raise BnnflowError(f"--val-size must be 0 or more images, got {cfg.val_size}.")
+    if cfg.engine not in ENGINES:
+        raise BnnflowError(f"Unknown engine '{cfg.engine}': choose one of {', '.join(ENGINES)}.")
     for name, v in (("lr", cfg.lr), ("psi-lr", cfg.psi_lr)):
         if v is not None and not v > 0:
             raise BnnflowError(f"--{name} must be positive, got {v}.")
@@ -231,10 +283,20 @@ def merge_resume(cfg: TrainConfig, saved: dict, path: Path) -> TrainConfig:
             flag = "the model" if key == "model" else "--" + key.replace("_", "-")
             raise BnnflowError(f"The run in {path} was trained with {flag} {saved.get(key)}, not {getattr(cfg, key)}: "
                                "drop the option to resume it, or start a new run with another --out.")
-    merged = TrainConfig(**{**asdict(cfg), **{k: saved[k] for k in FIXED_ON_RESUME if k in saved}})
+    fixed = {k: saved[k] for k in FIXED_ON_RESUME if k in saved}
+    fixed.setdefault("val_size", 0)  # runs from before the validation split selected on the last epoch
+    merged = TrainConfig(**{**asdict(cfg), **fixed})
     merged.explicit = cfg.explicit
     merged.epochs = cfg.epochs if "epochs" in cfg.explicit else saved["epochs"]
     merged.data = cfg.data if cfg.data is not None else saved.get("data")
+    # the engine is how steps are computed, not what is trained: a resumed run may switch it
+    for key in ENGINE_KEYS:
+        if key not in cfg.explicit and key in saved:
+            setattr(merged, key, saved[key])
+    if merged.epochs < saved["epochs"] and not cfg.shorten:
+        raise BnnflowError(f"The run in {path.parent} is planned for {saved['epochs']} epochs: --epochs {merged.epochs} would "
+                           "compress the rest of its cosine schedule and end it early, so pass --shorten to do that, "
+                           "or drop --epochs.")
     return merged
 
 
@@ -254,6 +316,11 @@ def load_data(cfg: TrainConfig) -> dict:
         train_src, test_root = source, source
     x, y = load_cifar10(train_src, "train")
     xt, yt = load_cifar10(test_root, "test")
+    if cfg.val_size >= len(x):
+        raise BnnflowError(f"--val-size {cfg.val_size} leaves none of the {len(x)} training images to train on.")
+    split = len(x) - cfg.val_size
+    xv, yv = x[split:], y[split:]
+    x, y = x[:split], y[:split]
     info = {}
     for split, src in (("train", train_src), ("test", test_root)):
         path = src if Path(src).is_file() else (_find_in_folder(Path(src), split) if Path(src).is_dir() else None)
@@ -268,8 +335,9 @@ def load_data(cfg: TrainConfig) -> dict:
         if cfg.test_subset > len(xt):
             raise BnnflowError(f"--test-subset {cfg.test_subset} is more than the {len(xt)} test images available.")
         xt, yt = cifar10_subset(xt, yt, cfg.test_subset)
-    info.update(train_images=int(len(x)), test_images=int(len(xt)))
-    return {"x": np.ascontiguousarray(x), "y": y, "xt": np.ascontiguousarray(xt), "yt": yt, "info": info}
+    info.update(train_images=int(len(x)), val_images=int(len(xv)), test_images=int(len(xt)))
+    return {"x": np.ascontiguousarray(x), "y": y, "xv": np.ascontiguousarray(xv), "yv": yv,
+            "xt": np.ascontiguousarray(xt), "yt": yt, "info": info}
 
 
 def to_device_tensors(data: dict, device):
@@ -280,6 +348,7 @@ def to_device_tensors(data: dict, device):
         return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
 
     return (images(data["x"]), torch.from_numpy(data["y"]).to(device),
+            images(data["xv"]), torch.from_numpy(data["yv"]).to(device),
             images(data["xt"]), torch.from_numpy(data["yt"]).to(device))
 
 
@@ -352,8 +421,11 @@ def make_optimizers(cfg: TrainConfig, net, logit_scale, device) -> list:
     return opts
 
 
-def cosine(step: int, total: int) -> float:
-    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+def cosine(step: int, total: int, warmup: int = 0) -> float:
+    """Learning-rate factor: linear warm-up over `warmup` steps, then cosine from 1 to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total - warmup) / max(total - warmup, 1)))
 
 
 def quant_stats_state(net) -> dict:
@@ -415,17 +487,20 @@ def set_rng_state(state: dict) -> None:
 
 
 def evaluate_tensors(net, x_uint8, y, logit_scale=None, batch: int = 500) -> tuple[float, float, "object"]:
-    """(mean loss, top-1, predictions) of `net` in eval mode on uint8 NCHW images."""
+    """(mean loss, top-1, predictions) in eval mode (fp32) on uint8 NCHW images; `net` is a model
+    or an engine.Engine (its fp32 forward, equal to Brevitas')."""
     import torch
     import torch.nn.functional as F
 
+    forward = getattr(net, "eval_forward", net)
+    net = getattr(net, "net", net)
     was = net.training
     net.eval()
     loss_sum, correct, preds = 0.0, 0, []
     scale = logit_scale.exp() if logit_scale is not None else 1.0
     with torch.no_grad():
         for i in range(0, len(x_uint8), batch):
-            logits = net(x_uint8[i:i + batch].float())
+            logits = forward(x_uint8[i:i + batch].float())
             loss_sum += float(F.cross_entropy(logits * scale, y[i:i + batch], reduction="sum"))
             p = logits.argmax(1)
             preds.append(p)
@@ -438,7 +513,8 @@ def evaluate_tensors(net, x_uint8, y, logit_scale=None, batch: int = 500) -> tup
 # ------------------------------------------------------------------------------------------- logs
 
 
-LOG_COLUMNS = ("epoch", "train_loss", "train_top1", "test_loss", "test_top1", "lr", "tau", "seconds", "images_per_s")
+LOG_COLUMNS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "test_loss", "test_top1", "lr", "tau",
+               "seconds", "images_per_s", "engine")
 
 
 def write_logs(out: Path, history: list[dict], title: str) -> None:
@@ -465,9 +541,13 @@ def plot_curve(path: Path, history: list[dict], title: str) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(ep, [r["train_loss"] for r in history], "o-", label="train (augmented)")
     a.plot(ep, [r["test_loss"] for r in history], "s-", label="test")
-    a.set_xlabel("epoch"), a.set_ylabel("cross-entropy"), a.legend(), a.grid(alpha=0.3)
     b.plot(ep, [100 * r["train_top1"] for r in history], "o-", label="train (augmented)")
     b.plot(ep, [100 * r["test_top1"] for r in history], "s-", label="test")
+    val = [(r["epoch"], r["val_loss"], r["val_top1"]) for r in history if r.get("val_top1") is not None]
+    if val:
+        a.plot([v[0] for v in val], [v[1] for v in val], "^-", label="validation")
+        b.plot([v[0] for v in val], [100 * v[2] for v in val], "^-", label="validation (selects best.pt)")
+    a.set_xlabel("epoch"), a.set_ylabel("cross-entropy"), a.legend(), a.grid(alpha=0.3)
     b.set_xlabel("epoch"), b.set_ylabel("top-1 (%)"), b.legend(), b.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
@@ -479,20 +559,10 @@ def plot_curve(path: Path, history: list[dict], title: str) -> None:
 # ------------------------------------------------------------------------------------------ train
 
 
-def train(cfg: TrainConfig, console=None) -> dict:
-    """Run (or resume) one training run; returns a summary dict."""
-    import torch
-    import torch.nn.functional as F
-    from rich.console import Console
-    from tqdm import tqdm
+def _open_run(cfg: TrainConfig, console):
+    """(cfg merged with a resumed run's recipe, run folder, saved last.pt payload or None)."""
+    from .checkpoint import read_checkpoint
 
-    from bnnflow.atomic import write_json
-
-    from . import recu
-    from .checkpoint import read_checkpoint, save_checkpoint
-    from .data import augment
-
-    console = console or Console(quiet=True)
     saved = None
     if cfg.resume:
         out = plan_run_folder(cfg)
@@ -507,63 +577,131 @@ def train(cfg: TrainConfig, console=None) -> dict:
         if cfg.lr is None:
             cfg.lr = DEFAULT_LR[cfg.optimizer]
         out = plan_run_folder(cfg)
+    return cfg, out, saved
+
+
+def _restore(cfg: TrainConfig, saved: dict, out: Path, net, logit_scale, device) -> list:
+    """Load last.pt's state into the fresh net; returns the optimizers with their state."""
+    import torch
+
+    st = saved["train_state"]
+    try:
+        # before the optimizers exist: Brevitas rebuilds its quantiser modules (and their
+        # scale Parameters) when a state_dict is loaded
+        net.load_state_dict(saved["state_dict"], strict=True)
+        restore_quant_stats(net, st["quant_stats"])
+        with torch.no_grad():
+            logit_scale.copy_(st["logit_scale"])
+        opts = make_optimizers(cfg, net, logit_scale, device)
+        if len(st["optimizers"]) != len(opts):
+            raise ValueError("optimizer count")
+        for opt, s in zip(opts, st["optimizers"]):
+            opt.load_state_dict(s)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise BnnflowError(f"{out / 'last.pt'} does not fit {cfg.model}/{cfg.variant} with this recipe "
+                           f"({type(exc).__name__}): it was written by another version; start a new run.") from None
+    set_rng_state(st["rng"])
+    return opts
+
+
+def _check_same_data(saved: dict | None, data: dict, out: Path) -> None:
+    if saved is None:
+        return
+    old = saved["train_state"]["data"]
+    for key in ("train_sha256", "test_sha256", "train_images", "val_images", "test_images"):
+        if key in old and key in data["info"] and old[key] != data["info"][key]:
+            raise BnnflowError(f"The CIFAR-10 copy differs from the one the run in {out} started with ({key}): "
+                               "pass the same --data to resume.")
+
+
+def _train_epoch(engine, x, y, epoch: int, cfg: TrainConfig, total_steps: int, progress_bar) -> dict:
+    """One epoch of steps: shuffle and augmentation drawn from the (seed, epoch) generator."""
+    import torch
+
+    from .data import augment
+
+    n, bs = len(x), min(cfg.batch_size, len(x))
+    steps = max(n // bs, 1)
+    gen = epoch_generator(cfg.seed, epoch)
+    perm = torch.randperm(n, generator=gen).to(x.device)
+    engine.net.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for i in range(steps):
+        factor = cosine(epoch * steps + i, total_steps, cfg.warmup_epochs * steps)
+        for opt in engine.opts:
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * factor
+        idx = perm[i * bs:(i + 1) * bs]
+        yb = y[idx]
+        loss, logits = engine.step(augment(x[idx].float(), gen), yb)
+        if not torch.isfinite(loss):
+            raise BnnflowError(f"The loss became {float(loss)} at epoch {epoch + 1}: lower --lr (or --psi-lr) "
+                               "and start again with --force.")
+        loss_sum += float(loss) * len(idx)
+        correct += int((logits.argmax(1) == yb).sum())
+        seen += len(idx)
+        progress_bar.update(1)
+        progress_bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}", refresh=False)
+    return {"train_loss": loss_sum / seen, "train_top1": correct / seen, "seen": seen,
+            "lr": engine.opts[0].param_groups[0]["lr"]}
+
+
+def train(cfg: TrainConfig, console=None) -> dict:
+    """Run (or resume) one training run; returns a summary dict."""
+    import torch
+    from rich.console import Console
+    from tqdm import tqdm
+
+    from bnnflow.atomic import write_json
+
+    from . import recu
+    from .checkpoint import save_checkpoint
+    from .engine import Engine, bf16_default
+
+    console = console or Console(quiet=True)
+    cfg, out, saved = _open_run(cfg, console)
     if cfg.stop_after is not None and saved is not None and saved["train_state"]["epoch"] >= min(cfg.stop_after, cfg.epochs):
         console.print(f"The run in {out} already has {saved['train_state']['epoch']} epochs: nothing to do.")
         return {"out": out, "history": saved["train_state"]["history"], "stopped": True}
+    if saved is not None and saved["train_state"]["epoch"] > cfg.epochs:
+        raise BnnflowError(f"The run in {out} already has {saved['train_state']['epoch']} epochs, more than "
+                           f"--epochs {cfg.epochs}: nothing to shorten.")
 
     device = pick_device(cfg.device)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     if device.type == "cuda":
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+    if cfg.bf16 is None:
+        cfg.bf16 = cfg.engine == "fast" and bf16_default(device)
     data = load_data(cfg)
-    if saved is not None:
-        old = saved["train_state"]["data"]
-        for key in ("train_sha256", "test_sha256", "train_images", "test_images"):
-            if key in old and key in data["info"] and old[key] != data["info"][key]:
-                raise BnnflowError(f"The CIFAR-10 copy differs from the one the run in {out} started with ({key}): "
-                                   "pass the same --data to resume.")
-    x, y, xt, yt = to_device_tensors(data, device)
-    n = len(x)
-    bs = min(cfg.batch_size, n)
-    steps_per_epoch = max(n // bs, 1)
+    _check_same_data(saved, data, out)
+    x, y, xv, yv, xt, yt = to_device_tensors(data, device)
+    steps_per_epoch = max(len(x) // min(cfg.batch_size, len(x)), 1)
     total_steps = steps_per_epoch * cfg.epochs
 
     net, logit_scale = prepare_model(cfg, device)
     history, start_epoch, best = [], 0, -1.0
     if saved is not None:
+        opts = _restore(cfg, saved, out, net, logit_scale, device)
         st = saved["train_state"]
-        try:
-            # before the optimizers exist: Brevitas rebuilds its quantiser modules (and their
-            # scale Parameters) when a state_dict is loaded
-            net.load_state_dict(saved["state_dict"], strict=True)
-            restore_quant_stats(net, st["quant_stats"])
-            with torch.no_grad():
-                logit_scale.copy_(st["logit_scale"])
-            opts = make_optimizers(cfg, net, logit_scale, device)
-            if len(st["optimizers"]) != len(opts):
-                raise ValueError("optimizer count")
-            for opt, s in zip(opts, st["optimizers"]):
-                opt.load_state_dict(s)
-        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            raise BnnflowError(f"{out / 'last.pt'} does not fit {cfg.model}/{cfg.variant} with this recipe "
-                               f"({type(exc).__name__}): it was written by another version; start a new run.") from None
-        set_rng_state(st["rng"])
-        history, start_epoch, best = st["history"], st["epoch"], st["best_top1"]
+        history, start_epoch, best = st["history"], st["epoch"], st.get("best_val_top1", st["best_top1"])
         console.print(f"Resuming {out} after epoch {start_epoch} of {cfg.epochs}.")
     else:
         opts = make_optimizers(cfg, net, logit_scale, device)
         out.mkdir(parents=True, exist_ok=True)
+    engine = Engine(net, logit_scale, opts, device, cfg.engine, cfg.bf16, cfg.compile, cfg.label_smoothing)
 
-    run_info = {"config": cfg.recipe(), "data": data["info"], "device": str(device),
-                "command": "bnnflow train", "out": str(out)}
+    run_info = {"config": cfg.recipe(), "engine": {k: getattr(cfg, k) for k in ENGINE_KEYS}, "data": data["info"],
+                "device": str(device), "threads": torch.get_num_threads(), "command": "bnnflow train", "out": str(out)}
     write_json(out / "run.json", {**run_info, "status": "running"})
     title = (f"{cfg.model}/{cfg.variant} " + ("ReCU " if cfg.recu else "") + f"{cfg.optimizer} "
              f"({data['info']['train_images']} train images)")
     end_epoch = min(cfg.epochs, cfg.stop_after) if cfg.stop_after else cfg.epochs
-    console.print(f"Training [bold]{cfg.model}/{cfg.variant}[/] on {n} CIFAR-10 images for epochs "
-                  f"{start_epoch + 1}..{end_epoch} of {cfg.epochs} on {device} "
-                  f"({torch.get_num_threads()} threads), run folder {out}")
+    console.print(f"Training [bold]{cfg.model}/{cfg.variant}[/] on {len(x)} CIFAR-10 images ({len(xv)} held out to "
+                  f"select best.pt) for epochs {start_epoch + 1}..{end_epoch} of {cfg.epochs} on {device} "
+                  f"({torch.get_num_threads()} threads, {cfg.engine} engine{', bf16' if engine.bf16 else ''}"
+                  f"{', compiled' if engine.compile else ''}), run folder {out}")
     tty = sys.stderr.isatty()
 
     for epoch in range(start_epoch, end_epoch):
@@ -571,74 +709,70 @@ def train(cfg: TrainConfig, console=None) -> dict:
         if cfg.recu:
             tau = recu.tau_schedule(epoch / cfg.epochs, cfg.tau_start, cfg.tau_end)
             recu.set_tau(net, tau)
-        gen = epoch_generator(cfg.seed, epoch)
-        perm = torch.randperm(n, generator=gen).to(device)
-        net.train()
         t0 = time.time()
-        loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                   disable=not cfg.progress, mininterval=0.5 if tty else 60, file=sys.stderr, dynamic_ncols=True)
-        for i in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + i
-            factor = cosine(step, total_steps)
-            for opt in opts:
-                for g in opt.param_groups:
-                    g["lr"] = g["base_lr"] * factor
-            idx = perm[i * bs:(i + 1) * bs]
-            xb = augment(x[idx].float(), gen)
-            yb = y[idx]
-            logits = net(xb)
-            loss = F.cross_entropy(logits * logit_scale.exp(), yb)
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in opts:
-                opt.step()
-            if not torch.isfinite(loss.detach()):
-                raise BnnflowError(f"The loss became {float(loss.detach())} at epoch {epoch + 1}: lower --lr (or --psi-lr) "
-                                   "and start again with --force.")
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
-            seen += len(idx)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}", refresh=False)
-        bar.close()
+        with tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                  disable=not cfg.progress, mininterval=0.5 if tty else 60, file=sys.stderr,
+                  dynamic_ncols=True) as bar:
+            stats = _train_epoch(engine, x, y, epoch, cfg, total_steps, bar)
         seconds = time.time() - t0
-        test_loss, test_top1, _ = evaluate_tensors(net, xt, yt, logit_scale)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": correct / seen,
-               "test_loss": test_loss, "test_top1": test_top1, "lr": opts[0].param_groups[0]["lr"], "tau": tau,
-               "seconds": round(seconds, 2),
-               "images_per_s": round(seen / seconds, 1)}
+        val_loss, val_top1, _ = evaluate_tensors(engine, xv, yv, logit_scale) if len(xv) else (None, None, None)
+        test_loss, test_top1, _ = evaluate_tensors(engine, xt, yt, logit_scale)
+        row = {"epoch": epoch + 1, "train_loss": stats["train_loss"], "train_top1": stats["train_top1"],
+               "val_loss": val_loss, "val_top1": val_top1, "test_loss": test_loss, "test_top1": test_top1,
+               "lr": stats["lr"], "tau": tau, "seconds": round(seconds, 2),
+               "images_per_s": round(stats["seen"] / seconds, 1),
+               "engine": cfg.engine + ("+bf16" if engine.bf16 else "") + ("+compile" if engine.compile else "")}
         history.append(row)
-        improved = test_top1 > best
+        # selection on the held-out split only; without one, the latest epoch
+        score = val_top1 if val_top1 is not None else float(epoch)
+        improved = score > best
         if improved:
-            best = test_top1
+            best = score
             meta = {"trained_with": "bnnflow train", "dataset": data["info"], "epochs": cfg.epochs,
-                    "epoch": epoch + 1, "seed": cfg.seed, "recipe": cfg.recipe(), "test_top1": test_top1,
+                    "epoch": epoch + 1, "seed": cfg.seed, "recipe": cfg.recipe(), "selected_on": (
+                        f"val_top1 (last {len(xv)} training images)" if len(xv) else "last epoch"),
+                    "val_top1": val_top1, "test_top1": test_top1,
                     "test_images": int(len(xt)), "test_top1_is_full_test_set": int(len(xt)) == 10_000}
             save_checkpoint(out / "best.pt", _cpu(net, baked=True), cfg.model, cfg.variant, meta=meta)
-        state = {"config": {**{k: getattr(cfg, k) for k in FIXED_ON_RESUME}, "epochs": cfg.epochs, "data": cfg.data},
+        state = {"config": {**{k: getattr(cfg, k) for k in FIXED_ON_RESUME + ENGINE_KEYS}, "epochs": cfg.epochs,
+                            "data": cfg.data},
                  "data": data["info"], "epoch": epoch + 1, "history": history, "best_top1": best,
+                 "best_val_top1": best,
                  "optimizers": [opt.state_dict() for opt in opts], "quant_stats": quant_stats_state(net),
                  "logit_scale": logit_scale.detach().cpu(), "rng": rng_state(),
                  "schedule": {"kind": "cosine", "step": (epoch + 1) * steps_per_epoch, "total_steps": total_steps}}
         save_checkpoint(out / "last.pt", _cpu(net, baked=False), cfg.model, cfg.variant,
                         meta={"epoch": epoch + 1, "epochs": cfg.epochs}, extra={"train_state": state})
         write_logs(out, history, title)
+        val_text = f"  val {val_top1:6.1%}" if val_top1 is not None else ""
         console.print(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.3f}  train {row['train_top1']:6.1%}"
-                      f"  test {test_top1:6.1%}{' (best)' if improved else ''}  {row['images_per_s']:.0f} img/s"
-                      f"  {seconds:.0f} s")
+                      f"{val_text}  test {test_top1:6.1%}{' (best.pt)' if improved else ''}  "
+                      f"{row['images_per_s']:.0f} img/s  {seconds:.0f} s")
 
     done = len(history) >= cfg.epochs
+    best_row = _selected_row(history)
     write_json(out / "run.json", {**run_info, "status": "finished" if done else "stopped",
-                                  "epochs_done": len(history), "best_test_top1": best})
+                                  "epochs_done": len(history), "best_epoch": best_row["epoch"],
+                                  "best_val_top1": best_row.get("val_top1"),
+                                  "best_test_top1": best_row["test_top1"]})
     if done:
-        console.print(f"Finished: best test top-1 {best:.2%}; checkpoint {out / 'best.pt'} "
-                      f"(use it with 'bnnflow build {cfg.model} --variant {cfg.variant} --checkpoint ...').")
+        console.print(f"Finished: best.pt is epoch {best_row['epoch']} (selected on "
+                      f"{'validation' if best_row.get('val_top1') is not None else 'the last epoch'}), test top-1 "
+                      f"{best_row['test_top1']:.2%}; use it with 'bnnflow build {cfg.model} --variant {cfg.variant} "
+                      f"--checkpoint {out / 'best.pt'}'.")
     else:
         console.print(f"Stopped after epoch {len(history)} of {cfg.epochs}: continue with "
                       f"'bnnflow train --resume --out {out}'.")
-    return {"out": out, "history": history, "best_top1": best, "stopped": not done}
+    return {"out": out, "history": history, "best_top1": best_row["test_top1"], "best_epoch": best_row["epoch"],
+            "stopped": not done}
+
+
+def _selected_row(history: list[dict]) -> dict:
+    """The epoch best.pt holds: highest validation top-1 (first of equals), or the last epoch."""
+    if history and all(r.get("val_top1") is not None for r in history):
+        top = max(r["val_top1"] for r in history)
+        return next(r for r in history if r["val_top1"] == top)
+    return history[-1]
 
 
 def _cpu(net, baked: bool):

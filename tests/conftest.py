@@ -17,6 +17,26 @@ def shared_npz(split: str) -> Path:
     return Path(os.environ.get("BNNFLOW_DATA", SHARED_DATA)) / f"cifar10_{split}.npz"
 
 
+def data_required() -> bool:
+    """In CI (CI=true, as CI services set it; .ci/run sets BNNFLOW_REQUIRE_DATA=1) missing data fails the run."""
+    flag = lambda name: os.environ.get(name, "").strip().lower() in ("1", "true", "yes")  # noqa: E731
+    return flag("CI") or flag("BNNFLOW_REQUIRE_DATA")
+
+
+def missing_data_message() -> str | None:
+    missing = [str(p) for p in (shared_npz("train"), shared_npz("test")) if not p.is_file()]
+    if not missing:
+        return None
+    return (f"Real CIFAR-10 is missing ({', '.join(missing)}), and in CI the tests that need it must not skip: "
+            "set BNNFLOW_DATA to a folder with cifar10_train.npz and cifar10_test.npz.")
+
+
+def pytest_sessionstart(session):
+    msg = missing_data_message() if data_required() else None
+    if msg:
+        pytest.exit(msg, returncode=2)
+
+
 @pytest.fixture(scope="session")
 def cifar_test():
     path = shared_npz("test")
@@ -60,3 +80,19 @@ def package(tmp_path_factory, cifar_test):
             run_build(BuildRequest("cnv", "tiny", out=build, force=True), Console(quiet=True))
         make_package(build, pkg, images=100, console=Console(quiet=True))
     return build, pkg
+
+
+@pytest.fixture(scope="session")
+def cnv_estimates(tmp_path_factory, cifar_test):
+    """(folder, FINN's folding config of it): cnv/tiny built to the estimates, for tests that copy it and
+    try to damage the copy (tests/test_inputs.py, tests/test_fuzz.py); never modify it in place."""
+    import json
+
+    from rich.console import Console
+
+    from bnnflow.build_flows import flow
+    from bnnflow.build_flows.build import BuildRequest, run_build
+
+    out = tmp_path_factory.mktemp("estimates") / "cnv"
+    run_build(BuildRequest("cnv", "tiny", out=out, stop_after=flow.ESTIMATE_STEP), Console(quiet=True))
+    return out, json.loads((out / "report" / "auto_folding_config.json").read_text())

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bnnflow.errors import BnnflowError
@@ -49,6 +50,26 @@ def test_plot_writes_png(tmp_path):
                      + [_row("resnete", "default", 3000, acc=0.88)])
     png = plot(report, tmp_path / "b.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # what is drawn: each model's points in its colour, no others; two panels side by side
+    img = _pixels(png)
+    assert img.shape[1] > 2 * img.shape[0]
+    blue, orange, green = _count(img, (31, 119, 180)), _count(img, (255, 127, 14)), _count(img, (44, 160, 44))
+    assert blue > 200 and orange > 50 and green == 0, (blue, orange, green)
+    more = plot(_report(report["rows"] + [_row("densenet", "small", 5000)]), tmp_path / "c.png")
+    assert _count(_pixels(more), (44, 160, 44)) > 50
+    # the x axis is FPS: moving a point moves its pixels
+    moved = plot(_report([_row("cnv", "tiny", 300)] + report["rows"][1:]), tmp_path / "d.png")
+    assert not np.array_equal(_pixels(moved), img)
+
+
+def _pixels(png: Path):
+    import matplotlib.image
+
+    return (matplotlib.image.imread(str(png))[..., :3] * 255).round().astype(int)
+
+
+def _count(img, rgb) -> int:
+    return int(np.sum(np.all(np.abs(img - np.array(rgb)) <= 8, axis=-1)))
 
 
 def test_lane_luts_from_finn_model():
@@ -80,6 +101,14 @@ def test_benchmark_tiny_cnv_and_cache(tmp_path_factory):
     report = run_benchmark("pynq-z2", bench, jobs=1, only=["cnv/tiny"])
     (row,) = report["rows"]
     assert row["error"] is None and row["fits"] and row["fps"] > 1000
+    # the README's CNV-W1A1 tiny row: deterministic estimates of the searched folding (a change is a
+    # deliberate update of both); reproduce with `.venv/bin/bnnflow benchmark --only cnv/tiny`
+    shown = (f"{row['fps']:,.0f}", f"{row['latency_ms']:.2f}", f"{row['LUT_pct']:.1f}", f"{row['BRAM_pct']:.1f}",
+             f"{row['compute_bound_pct']:.1f}")
+    assert shown == ("31,888", "0.41", "46.1", "21.8", "17.6")
+    line = next(x for x in (bench / "benchmark.md").read_text().splitlines() if x.startswith("| CNV-W1A1 | tiny |"))
+    assert line.startswith("| CNV-W1A1 | tiny | untrained | 31,888 | 0.41 ms | 46.1 | 21.8 | 17.6 |")
+    assert line in (Path(__file__).resolve().parents[1] / "README.md").read_text()  # the README's row, verbatim
     assert 0 < row["compute_bound_pct"] <= 100 and row["binary_macs"] > 1e6
     assert 0 < row["LUT_pct"] <= 85 and 0 < row["BRAM_pct"] <= 95
     # the row's resources are the search's own total (layers + FIFOs + converters), counted once

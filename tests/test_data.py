@@ -17,10 +17,12 @@ from hypothesis import strategies as st
 from bnnflow.errors import BnnflowError
 from bnnflow.models import data
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TEST_NPZ = SHARED_DATA / "cifar10_test.npz"
+from conftest import SHARED_DATA, shared_npz  # noqa: E402  (tests/ is on sys.path)
+
+TEST_NPZ = shared_npz("test")  # honours BNNFLOW_DATA, else ../shared/data
+DATA_DIR = TEST_NPZ.parent
 needs_real_data = pytest.mark.skipif(
-    not TEST_NPZ.is_file(), reason=f"real CIFAR-10 test set not found at {TEST_NPZ} (offline copy in ../shared/data)"
+    not TEST_NPZ.is_file(), reason=f"real CIFAR-10 test set not found at {TEST_NPZ} (set BNNFLOW_DATA)"
 )
 
 
@@ -100,12 +102,15 @@ def test_real_test_npz_loads():
 
 @needs_real_data
 def test_real_folder_and_default_dir(monkeypatch):
-    x, y = data.load_cifar10(SHARED_DATA, split="test")
+    x, y = data.load_cifar10(DATA_DIR, split="test")
     assert x.shape == (10000, 32, 32, 3) and y[:8].tolist() == [3, 8, 8, 0, 6, 6, 1, 6]
-    monkeypatch.delenv("BNNFLOW_DATA", raising=False)
-    assert data.default_data_dir() == SHARED_DATA
+    monkeypatch.setenv("BNNFLOW_DATA", str(DATA_DIR))
+    assert data.default_data_dir() == DATA_DIR
     x2, _ = data.load_cifar10()  # source=None, split="test"
     assert np.array_equal(x, x2)
+    monkeypatch.delenv("BNNFLOW_DATA")
+    if SHARED_DATA.is_dir():  # without the variable: ../shared/data beside the repository
+        assert data.default_data_dir() == SHARED_DATA
 
 
 def test_classes():

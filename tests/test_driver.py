@@ -2,9 +2,11 @@
 
 The board is replaced by a fake `pynq` module: Overlay exposes the two IODMAs as register
 files, allocate() returns buffers whose device side changes only on flush()/invalidate(),
-and starting the input DMA makes the "hardware" unpack the streamed bytes with FINN's own
-functions, run them through the design (the functional model of the final hardware graph,
-or a toy function where no build is needed) and pack the result into the output buffer.
+and starting the input DMA makes the "hardware" compute on the streamed bytes: either a toy
+accelerator, a fixed random linear map of the packed input bytes (so pixel order, channel
+order, word width and the packing flags all change its answer), or the real design (unpack
+with FINN's own functions, the functional model of the final hardware graph); the result is
+packed into the output buffer with FINN's packer, in the layout of the hardware's output words.
 """
 
 from __future__ import annotations
@@ -167,11 +169,16 @@ class FakeDMA:
 
 
 class FakeBoard:
-    """The accelerator behind the DMAs: unpacks with FINN's functions, computes, packs with FINN's."""
+    """The accelerator behind the DMAs: computes on the streamed bytes, packs the result with FINN's packer.
 
-    def __init__(self, io: dict, compute, finish: bool = True):
+    compute: images (unpacked with FINN's functions) -> output values, or None for the toy
+    accelerator, which sees only the raw bytes (`toy_accelerator`).
+    """
+
+    def __init__(self, io: dict, compute=None, finish: bool = True):
         self.io, self.compute, self.finish = io, compute, finish
         self.log, self.buffers, self.next_address = [], {}, 0x1_2000_0000  # above 4 GiB: tests ADDR_HI
+        self.streamed = []  # the input bytes of every run, as the input DMA read them
         self.idma, self.odma = FakeDMA(self, "idma0"), FakeDMA(self, "odma0")
         self.loaded = None
 
@@ -184,8 +191,13 @@ class FakeBoard:
         obuf = self.buffers[odma[drv.ADDR_LO] | odma[drv.ADDR_HI] << 32]
         folded = (n,) + tuple(self.io["ishape_folded"][0][1:])
         idt, odt = DataType[self.io["idt"][0][10:-2]], DataType[self.io["odt"][0][10:-2]]
-        x = packed_bytearray_to_finnpy(np.ascontiguousarray(ibuf.on_device[:n]), idt, folded, True, True)
-        y = self.compute(np.asarray(x).reshape((n,) + tuple(self.io["ishape_normal"][0][1:])))
+        raw = np.array(ibuf.on_device[:n])
+        self.streamed.append(raw)
+        if self.compute is None:
+            y = toy_accelerator(raw, self.io["oshape_normal"][0][-1])
+        else:
+            x = packed_bytearray_to_finnpy(np.ascontiguousarray(raw), idt, folded, True, True)
+            y = self.compute(np.asarray(x).reshape((n,) + tuple(self.io["ishape_normal"][0][1:])))
         ofolded = (n,) + tuple(self.io["oshape_folded"][0][1:])
         obuf.on_device[:n] = finnpy_to_packed_bytearray(np.asarray(y, np.float32).reshape(ofolded), odt, True, True)
         self.log.append(("computed", n))
@@ -213,22 +225,43 @@ class FakeBoard:
         return pynq
 
 
-def toy_io(simd: int = 3, k: int = 1) -> dict:
+def toy_io(simd: int = 3, k: int = 1, odt: str = "UINT8", per_word: int = 1) -> dict:
+    """A package's io_shape.json: SIMD input channels per word; K class indices of type odt, per_word per word."""
+    ifold, ofold = [1, 32, 32, 3 // simd, simd], [1, k // per_word, per_word]
+
+    def packed(shape, dt):  # FINN's packed shape: whole bytes per word
+        return list(finnpy_to_packed_bytearray(np.zeros(shape, np.float32), DataType[dt]).shape)
     return {
-        "idt": ["DataType['UINT8']"], "odt": ["DataType['UINT8']"],
-        "ishape_normal": [[1, 32, 32, 3]], "ishape_folded": [[1, 32, 32, 3 // simd, simd]],
-        "ishape_packed": [[1, 32, 32, 3 // simd, simd]],
-        "oshape_normal": [[1, k]], "oshape_folded": [[1, k, 1]], "oshape_packed": [[1, k, 1]],
+        "idt": ["DataType['UINT8']"], "odt": [f"DataType['{odt}']"],
+        "ishape_normal": [[1, 32, 32, 3]], "ishape_folded": [ifold], "ishape_packed": [packed(ifold, "UINT8")],
+        "oshape_normal": [[1, k]], "oshape_folded": [ofold], "oshape_packed": [packed(ofold, odt)],
         "idma_names": ["idma0"], "odma_names": ["odma0"], "num_inputs": 1, "num_outputs": 1,
         "model": "toy", "variant": "x", "topk": k, "classes": [f"c{i}" for i in range(10)],
         "fclk_mhz": 100.0, "bitfile": "finn-accel.bit", "graph": "hw_graph.onnx",
     }
 
 
-def toy_labels(x: np.ndarray, k: int = 1) -> np.ndarray:
-    """The toy accelerator: the k classes (pixel sum + j) mod 10."""
-    s = x.reshape(len(x), -1).astype(np.int64).sum(axis=1)
-    return np.stack([(s + j) % 10 for j in range(k)], axis=1)
+_TOY_MAP = np.random.default_rng(15).integers(-1000, 1001, size=(10, 32 * 32 * 3))
+
+
+def toy_accelerator(streamed: np.ndarray, k: int) -> np.ndarray:
+    """The toy hardware: a fixed random linear map of the streamed input bytes -> 10 scores -> top-k classes.
+
+    Every byte has its own weights, so a byte in another place (pixel order, BGR, a flipped packing
+    flag, another word width) changes the scores."""
+    scores = streamed.reshape(len(streamed), -1).astype(np.int64) @ _TOY_MAP.T
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def finn_stream(images: np.ndarray, io: dict) -> np.ndarray:
+    """The bytes the input DMA must stream for `images`: FINN's packer on FINN's folded input shape."""
+    folded = images.reshape((len(images),) + tuple(io["ishape_folded"][0][1:])).astype(np.float32)
+    return np.ascontiguousarray(finnpy_to_packed_bytearray(folded, DataType[io["idt"][0][10:-2]], True, True))
+
+
+def toy_labels(x: np.ndarray, k: int = 1, io: dict | None = None) -> np.ndarray:
+    """What the toy accelerator answers for images x, computed from FINN's packing of them (not the driver's)."""
+    return toy_accelerator(finn_stream(x, io or toy_io(k=k)), k)
 
 
 def write_package(folder: Path, io: dict, hwh_clock: float | None = 100.0) -> Path:
@@ -244,7 +277,7 @@ def write_package(folder: Path, io: dict, hwh_clock: float | None = 100.0) -> Pa
 
 @pytest.fixture
 def fake_board(monkeypatch):
-    def make(io, compute, finish=True):
+    def make(io, compute=None, finish=True):
         board = FakeBoard(io, compute, finish)
         monkeypatch.setitem(sys.modules, "pynq", board.module())
         monkeypatch.setitem(sys.modules, "pynq.ps", sys.modules["pynq"].ps)
@@ -252,22 +285,29 @@ def fake_board(monkeypatch):
     return make
 
 
-@pytest.mark.parametrize("simd, k", [(3, 1), (1, 1), (3, 3)])
-def test_board_path_buffers_and_dma_sequence(tmp_path, fake_board, cifar_test, simd, k):
-    io = toy_io(simd, k)
-    board = fake_board(io, lambda x: toy_labels(x, k))
+@pytest.mark.parametrize("simd, k, odt, per_word", [(3, 1, "UINT8", 1), (1, 1, "UINT8", 1), (3, 3, "UINT8", 1),
+                                                    (3, 3, "UINT4", 3), (1, 4, "UINT4", 2)])
+def test_board_path_buffers_and_dma_sequence(tmp_path, fake_board, cifar_test, simd, k, odt, per_word):
+    io = toy_io(simd, k, odt, per_word)
+    board = fake_board(io)  # the toy accelerator: a random linear map of the streamed bytes
     pkg = write_package(tmp_path / "pkg", io, hwh_clock=125.0)
     accel = drv.BnnflowAccelerator(pkg, batch_size=32, quiet=True)
     assert accel.backend == "board" and board.loaded == (str(pkg / "finn-accel.bit"), True)
     assert accel.fclk_mhz == 125.0 and sys.modules["pynq"].ps.Clocks.fclk0_mhz == 100.0
-    assert accel.ibuf.shape == (32, 32, 32, 3 // simd, simd) and accel.obuf.shape == (32, k, 1)
+    assert accel.ibuf.shape == (32, 32, 32, 3 // simd, simd) and accel.obuf.shape == (32, *io["oshape_packed"][0][1:])
     x, _ = cifar_test
     images = x[:70]
+    expected = toy_labels(images, k, io)
+    # the answers differ between images, and in the wrong byte order they would differ from these
+    assert len(np.unique(expected[:, 0])) >= 5
+    assert not np.array_equal(expected, toy_labels(images[..., ::-1], k, io))
     board.log.clear()
     top = accel.classify(images, topk=True)
-    assert top.shape == (70, k) and np.array_equal(top, toy_labels(images, k))
-    assert np.array_equal(accel.classify(images), toy_labels(images, k)[:, 0])
-    assert accel.classify(images[5]) == toy_labels(images[5:6])[0, 0]
+    # the bytes the input DMA streamed are FINN's packing of the images, run by run
+    assert np.array_equal(np.concatenate(board.streamed[-3:]), finn_stream(images, io))
+    assert top.shape == (70, k) and np.array_equal(top, expected)
+    assert np.array_equal(accel.classify(images), expected[:, 0])
+    assert accel.classify(images[5]) == expected[5, 0]
     # the first run of the classify() above: 32 images, exactly FINN's zynq-iodma protocol
     ia, oa = accel.ibuf.device_address, accel.obuf.device_address
     first = board.log[:board.log.index(("computed", 32)) + 1]
@@ -293,7 +333,7 @@ def test_board_path_buffers_and_dma_sequence(tmp_path, fake_board, cifar_test, s
 
 def test_board_errors_are_one_sentence(tmp_path, fake_board, cifar_test):
     io = toy_io()
-    fake_board(io, toy_labels, finish=False)
+    fake_board(io, finish=False)
     pkg = write_package(tmp_path / "pkg", io)
     accel = drv.BnnflowAccelerator(pkg, batch_size=4, quiet=True, timeout_s=0.05)
     x = cifar_test[0][:8]
@@ -405,14 +445,38 @@ def brevitas_top1(build: Path, x: np.ndarray) -> np.ndarray:
     return run_brevitas(net, np.ascontiguousarray(x.transpose(0, 3, 1, 2)).astype(np.float32)).argmax(axis=1)
 
 
+def _input_simd(pkg: Path, simd: int) -> dict:
+    """The package's design with `simd` input channels per word (its first node refolded), and its io_shape."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    from bnnflow.build_flows.deploy import io_shape_from_graph
+
+    model = ModelWrapper(str(pkg / "hw_graph.onnx"))
+    first = getCustomOp(model.graph.node[0])
+    first.set_nodeattr("SIMD", simd)
+    model.save(str(pkg / "hw_graph.onnx"))
+    io = {**json.loads((pkg / "io_shape.json").read_text()), **io_shape_from_graph(model)}
+    (pkg / "io_shape.json").write_text(json.dumps(io))
+    return io
+
+
 @pytest.mark.slow
-def test_board_path_loops_through_the_design_like_the_functional_backend(package, fake_board, cifar_test, tmp_path):
-    """The fake board runs the real hardware graph: board and off-board backends agree with Brevitas."""
+@pytest.mark.parametrize("simd", [None, 3])
+def test_board_path_loops_through_the_design_like_the_functional_backend(package, fake_board, cifar_test, tmp_path,
+                                                                         simd):
+    """The fake board runs the real hardware graph: board and off-board backends agree with Brevitas.
+
+    simd=3: the same design with its first node refolded to take a whole RGB pixel per input word."""
     from qonnx.core.modelwrapper import ModelWrapper
 
     from bnnflow.build_flows.functional import FunctionalModel
 
     build, pkg = package
+    if simd is not None:
+        pkg = shutil.copytree(pkg, tmp_path / "refolded")
+        io = _input_simd(pkg, simd)
+        assert io["ishape_folded"][0][-1] == simd and io["ishape_packed"][0][-1] == simd  # 3 bytes per word
     io = json.loads((pkg / "io_shape.json").read_text())
     design = FunctionalModel(ModelWrapper(str(pkg / "hw_graph.onnx")))
     board = fake_board(io, lambda x: design(x)[design.outputs[0]])
@@ -423,6 +487,7 @@ def test_board_path_loops_through_the_design_like_the_functional_backend(package
     on_board = drv.BnnflowAccelerator(boarded, batch_size=40, quiet=True)
     assert on_board.backend == "board"
     got_board = on_board.classify(x)
+    assert np.array_equal(np.concatenate(board.streamed), finn_stream(x, io))  # FINN's packing, byte for byte
     off_board = drv.BnnflowAccelerator(pkg, batch_size=40, quiet=True)
     assert off_board.backend == "functional model (no board)" and "no bitfile" in off_board.reason
     got_off = off_board.classify(x)

@@ -32,21 +32,24 @@ def specialised(tmp_path_factory, model: str, variant: str = "tiny"):
     return specialised_model(out), out
 
 
-@pytest.fixture(scope="module")
-def folded(tmp_path_factory):
-    """model -> fold result of its tiny variant."""
+_TINY_FOLDS: dict = {}
+
+
+def tiny_fold(tmp_path_factory, model: str):
+    """The fold result of a model's tiny variant, once per session (shared with test_folding)."""
     from bnnflow.build_flows.folding import fold
     from bnnflow.hw.boards import get_board
 
-    cache = {}
+    if model not in _TINY_FOLDS:
+        m, _ = specialised(tmp_path_factory, model)
+        _TINY_FOLDS[model] = fold(m, get_board("pynq-z2"), name=f"{model}/tiny")
+    return _TINY_FOLDS[model]
 
-    def get(model: str):
-        if model not in cache:
-            m, _ = specialised(tmp_path_factory, model)
-            cache[model] = fold(m, get_board("pynq-z2"), name=f"{model}/tiny")
-        return cache[model]
 
-    return get
+@pytest.fixture(scope="module")
+def folded(tmp_path_factory):
+    """model -> fold result of its tiny variant."""
+    return lambda model: tiny_fold(tmp_path_factory, model)
 
 
 # ------------------------------------------------------------------ the stream model on its own
@@ -97,10 +100,56 @@ def test_toy_sides_and_sizing():
     assert need[3] == fifos.DEFAULT_DEPTH and need[2] > int(ref.max_occupancy[2])
 
 
+def _compare_with_reference(g, depths):
+    from fifo_reference import reference_simulate
+
+    from bnnflow.build_flows import fifos
+
+    ours, ref = fifos.simulate(g, depths), reference_simulate(g, depths)
+    assert ours.deadlock == ref.deadlock and ours.frame_done == ref.frame_done
+    if ours.deadlock:
+        assert ours.cycles == ref.cycles  # stuck in the same cycle
+    else:
+        assert ours.max_occupancy.tolist() == ref.max_occupancy  # every FIFO's peak, element for element
+    return ours
+
+
+def test_toy_matches_the_reference_simulator():
+    for depth in (None, 8, 41, 44):
+        g, depths = _toy(skip_depth=depth)
+        _compare_with_reference(g, depths)
+
+
 # ------------------------------------------------------------------ tiny FINN graphs
 
+
+@pytest.mark.parametrize("model", ["resnete", pytest.param("densenet", marks=pytest.mark.slow)])
+def test_stream_model_matches_the_reference_simulator(model, folded):
+    """fifos.simulate against tests/fifo_reference.py (a plain cycle-by-cycle simulation of the same
+    stream graph, written independently): the planned depths, unbounded short branches (the run the
+    depths are read from) and FINN's depth 2 everywhere (a deadlock) give the same frames, peaks and
+    deadlock cycle. Both share the stream graph (node programs from FINN's cycle counts), which RTL
+    simulation will have to check once Vivado is available (issue 8)."""
+    from bnnflow.build_flows import fifos
+
+    res = folded(model)
+    g = fifos.stream_graph(res.model)
+    joins = g.join_edges()
+    on_graph = fifos.depths_on_graph(res.model, g)
+    planned = _compare_with_reference(g, {e: on_graph[e] for e in joins})
+    assert not planned.deadlock and planned.interval == res.evaluation.fifo_plan.interval
+    free = _compare_with_reference(g, {e: (None if s else 2) for e, s in fifos.join_sides(g).items()})
+    shorts = [f for f in res.evaluation.fifo_plan.fifos if f.short]
+    assert shorts
+    for f in shorts:  # each short FIFO's depth covers the peak the reference sees there
+        e = next(e for e in joins if (g.edges[e].dst, g.edges[e].dst_port) == (f.join, f.port))
+        assert f.depth > free.max_occupancy[e] >= 1
+    assert _compare_with_reference(g, {e: 2 for e in joins}).deadlock
+
 @pytest.mark.parametrize("model", ["resnete", "densenet"])
-def test_join_fifos_sized_and_check_passes(model, folded):
+def test_join_fifos_sized_and_self_consistent(model, folded):
+    """Self-consistency: the check re-runs the same simulator that chose the depths (the independent
+    reference is test_stream_model_matches_the_reference_simulator below)."""
     from bnnflow.build_flows import fifos
 
     res = folded(model)
@@ -198,7 +247,8 @@ def default_fold(model: str, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["resnete", "densenet", "cnv"])
-def test_join_check_passes_on_default_models(model, tmp_path_factory):
+def test_join_check_self_consistent_on_default_models(model, tmp_path_factory):
+    """Self-consistency on the default models: the chosen depths pass the simulator that chose them."""
     from bnnflow.build_flows import fifos
 
     _, res = default_fold(model, tmp_path_factory)

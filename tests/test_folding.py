@@ -13,7 +13,7 @@ import pytest
 
 from bnnflow.errors import BnnflowError
 
-from test_fifos import default_fold, specialised  # noqa: F401  (shared build folder helpers)
+from test_fifos import default_fold, specialised, tiny_fold  # noqa: F401  (shared build folder helpers)
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +29,8 @@ def cnv_tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cnv_fold(cnv_tiny, board):
-    from bnnflow.build_flows.folding import fold
-
-    return fold(cnv_tiny[0], board, name="cnv/tiny")
+def cnv_fold(tmp_path_factory, cnv_tiny):
+    return tiny_fold(tmp_path_factory, "cnv")
 
 
 def test_board_budget_limits(board):
@@ -71,8 +69,83 @@ def test_folding_is_legal_and_fits(cnv_fold, board):
         # every node's folded shapes exist (FINN raises on an illegal folding)
         inst.get_folded_input_shape(0)
         inst.get_folded_output_shape(0)
-        # no layer is faster than it needs to be by more than one divisor step would explain
-        assert inst.get_exp_cycles() <= ev.max_cycles
+
+
+def _divisors_below(n: int, value: int) -> list[int]:
+    return [d for d in range(1, value) if n % d == 0]
+
+
+def slower_foldings(model) -> list[dict]:
+    """For every parallelism knob of every node: the design with that knob at its next smaller legal value.
+
+    Written from FINN's folding rules, not from the search's units: MVAU SIMD | MW and PE | MH,
+    a window generator's SIMD | its channels (or parallel_window off), a pool and its depthwise
+    window generator together, PE | channels for thresholds, adds, duplicates, label select."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    from bnnflow.build_flows.fifos import base_op
+
+    out = []
+    for node in model.graph.node:
+        inst, op = getCustomOp(node), base_op(node.op_type)
+        if op == "MVAU":
+            for attr, dim in (("SIMD", "MW"), ("PE", "MH")):
+                below = _divisors_below(inst.get_nodeattr(dim), inst.get_nodeattr(attr))
+                if below:
+                    out.append({node.name: {attr: below[-1]}})
+        elif op == "Pool":
+            below = _divisors_below(inst.get_nodeattr("Channels"), inst.get_nodeattr("PE"))
+            swg = model.find_producer(node.input[0])
+            if below:
+                out.append({node.name: {"PE": below[-1]}, swg.name: {"SIMD": below[-1]}})
+        elif op in ("Thresholding", "DuplicateStreams", "LabelSelect", "ElementwiseAdd"):
+            ch = inst.get_nodeattr("Labels") if op == "LabelSelect" else inst.get_normal_output_shape()[-1]
+            below = _divisors_below(ch, inst.get_nodeattr("PE"))
+            if below:
+                out.append({node.name: {"PE": below[-1]}})
+        elif op == "ConvolutionInputGenerator" and not inst.get_nodeattr("depthwise"):
+            if inst.get_nodeattr("parallel_window"):
+                out.append({node.name: {"parallel_window": 0}})
+            else:
+                below = _divisors_below(inst.get_nodeattr("IFMChannels"), inst.get_nodeattr("SIMD"))
+                if below:
+                    out.append({node.name: {"SIMD": below[-1]}})
+    return out
+
+
+def assert_no_layer_faster_than_needed(res, board):
+    """The search's claim: at the design's cycle budget (its slowest layer) every layer takes its cheapest
+    folding, so slowing any one knob down one legal step either breaks the budget or makes the whole
+    design (layers + depth-2 FIFOs + converters, FINN's estimates, as the search charges them; the
+    join FIFOs are sized afterwards) no cheaper in LUT and BRAM."""
+    import copy
+
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    from bnnflow.build_flows.folding import evaluate
+
+    ev = evaluate(res.model, board, res.budget, size_joins=False)
+    assert ev.max_cycles == res.evaluation.max_cycles
+    alternatives = slower_foldings(res.model)
+    assert len(alternatives) >= 10
+    for change in alternatives:
+        m = ModelWrapper(copy.deepcopy(res.model.model))
+        nodes = {n.name: n for n in m.graph.node}
+        for name, attrs in change.items():
+            for k, v in attrs.items():
+                getCustomOp(nodes[name]).set_nodeattr(k, v)
+        alt = evaluate(m, board, res.budget, size_joins=False)
+        cheaper = alt.total["LUT"] <= ev.total["LUT"] and alt.total["BRAM_18K"] <= ev.total["BRAM_18K"] and \
+            (alt.total["LUT"] < ev.total["LUT"] or alt.total["BRAM_18K"] < ev.total["BRAM_18K"])
+        assert alt.max_cycles > ev.max_cycles or not cheaper, (
+            f"{change}: {alt.max_cycles} <= {ev.max_cycles} cycles at LUT {alt.total['LUT']:.0f} "
+            f"(design {ev.total['LUT']:.0f}), BRAM {alt.total['BRAM_18K']} (design {ev.total['BRAM_18K']})")
+
+
+@pytest.mark.parametrize("model", ["cnv", "resnete", "densenet"])
+def test_no_layer_is_faster_than_it_needs_to_be(model, tmp_path_factory, board):
+    assert_no_layer_faster_than_needed(tiny_fold(tmp_path_factory, model), board)
 
 
 def test_search_beats_or_matches_finn_target_fps(cnv_tiny, board):
@@ -161,7 +234,18 @@ def test_search_vs_target_fps_on_default_models(tmp_path_factory, board):
     """The search finds >= the estimated FPS of FINN's SetFolding at fitting resources (resnete, densenet, cnv)."""
     from bnnflow.build_flows.folding import compare_with_target_fps
 
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+    titles = {"cnv": "| CNV-W1A1 |", "resnete": "| ResNetE |", "densenet": "| BinaryDenseNet |"}
     for model in ("cnv", "resnete", "densenet"):
         m, res = default_fold(model, tmp_path_factory)
         cmp = compare_with_target_fps(m, board, name=model, result=res)
         assert cmp["search_ge_baseline"], cmp["rows"]
+        # the README's `bnnflow fold MODEL --compare` table (random calibrated weights): deterministic estimates
+        row = next(x for x in readme if x.startswith(titles[model]) and "bnnflow" not in x and x.count("|") == 5
+                   and "**" in x)
+        base, best, ours = cmp["rows"]
+        assert f"{base['fps']:,.0f} FPS, {base['LUT_pct']:.1f} % LUT |" in row, (row, base)
+        assert f"| {best['fps']:,.0f} FPS, {best['LUT_pct']:.1f} % LUT" in row, (row, best)
+        assert f"**{ours['fps']:,.0f} FPS**, {ours['LUT_pct']:.1f} % LUT, {ours['BRAM_pct']:.1f} % BRAM" in row, \
+            (row, ours)
+        assert f"({cmp['speedup_vs_best_baseline']:.2f}x)" in row, (row, cmp["speedup_vs_best_baseline"])

@@ -25,7 +25,14 @@ from bnnflow.build_flows.functional import DatatypeOverflow, execute_graph  # no
 
 FINN = "finn.custom_op.fpgadataflow"
 QONNX = "qonnx.custom_op.general"
-FAST = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FOLD = st.integers(0, 2**16)  # picks a divisor: SIMD / PE > 1 where the dimension allows
+
+
+def divisor(n: int, pick: int) -> int:
+    """The folding factor `pick` chooses among the divisors of n (FINN's legality rule)."""
+    divs = [d for d in range(1, n + 1) if n % d == 0]
+    return divs[pick % len(divs)]
 
 
 def hw(op, inputs, outputs, **attrs):
@@ -83,12 +90,15 @@ def sorted_thresholds(rng, rows, steps, lo, hi):
     signed=st.booleans(),
     n=st.integers(1, 5),
     seed=st.integers(0, 2**16),
+    simd=FOLD,
+    pe=FOLD,
 )
-def test_mvau_xnor(mw, mh, hw_, act_bits, signed, n, seed):
+def test_mvau_xnor(mw, mh, hw_, act_bits, signed, n, seed, simd, pe):
     """XNOR-mode MVAU: popcount of agreements, then optional thresholds with ActVal."""
     rng = np.random.default_rng(seed)
     acc_dt = f"UINT{max(1, int(np.ceil(np.log2(mw + 1))))}"
-    attrs = dict(MW=mw, MH=mh, SIMD=1, PE=1, inputDataType="BINARY", weightDataType="BINARY",
+    attrs = dict(MW=mw, MH=mh, SIMD=divisor(mw, simd), PE=divisor(mh, pe), inputDataType="BINARY",
+                 weightDataType="BINARY",
                  accDataType=acc_dt, binaryXnorMode=1, numInputVectors=[1, *hw_])
     inits = {"w": (rng.integers(0, 2, (mw, mh)), "BINARY")}
     if act_bits:
@@ -114,8 +124,10 @@ def test_mvau_xnor(mw, mh, hw_, act_bits, signed, n, seed):
     idt=st.sampled_from(["UINT8", "INT4", "BIPOLAR"]),
     thresholds=st.booleans(),
     seed=st.integers(0, 2**16),
+    simd=FOLD,
+    pe=FOLD,
 )
-def test_mvau_integer(mw, mh, vecs, idt, thresholds, seed):
+def test_mvau_integer(mw, mh, vecs, idt, thresholds, seed, simd, pe):
     """Non-XNOR MVAU: integer matmul (BIPOLAR x BIPOLAR: FINN's popcount branch), thresholds."""
     # FINN's python MVAU thresholds a 3-D result along axis 1, not the channels: not comparable
     assume(not (thresholds and len(vecs) == 2))
@@ -126,7 +138,8 @@ def test_mvau_integer(mw, mh, vecs, idt, thresholds, seed):
     x = rng.integers(dt.min(), dt.max() + 1, (4, *vecs[1:], mw))
     if idt == "BIPOLAR":
         x = 2 * rng.integers(0, 2, (4, *vecs[1:], mw)) - 1
-    attrs = dict(MW=mw, MH=mh, SIMD=1, PE=1, inputDataType=idt, weightDataType=wdt, accDataType="INT32",
+    attrs = dict(MW=mw, MH=mh, SIMD=divisor(mw, simd), PE=divisor(mh, pe), inputDataType=idt, weightDataType=wdt,
+                 accDataType="INT32",
                  binaryXnorMode=0, numInputVectors=vecs)
     inits = {"w": (w, wdt)}
     if thresholds:
@@ -150,13 +163,15 @@ def test_mvau_integer(mw, mh, vecs, idt, thresholds, seed):
     shared=st.booleans(),
     act=st.sampled_from([0, -1]),
     seed=st.integers(0, 2**16),
+    pe=FOLD,
 )
-def test_thresholding(c, steps, shared, act, seed):
+def test_thresholding(c, steps, shared, act, seed, pe):
     rng = np.random.default_rng(seed)
     bits = int(np.log2(steps + 1))
     out_dt = ("INT" if act else "UINT") + str(bits + (1 if act else 0))
     thr = sorted_thresholds(rng, 1 if shared else c, steps, -20, 20)
-    node = hw("Thresholding", ["x", "thr"], ["y"], NumChannels=c, PE=1, numSteps=steps, inputDataType="INT8",
+    node = hw("Thresholding", ["x", "thr"], ["y"], NumChannels=c, PE=divisor(c, pe), numSteps=steps,
+              inputDataType="INT8",
               weightDataType="INT8", outputDataType=out_dt, ActVal=act, numInputVectors=[1, 3, 2])
     model = make_model([node], {"x": ([1, 3, 2, c], "INT8"), "y": ([1, 3, 2, c], out_dt)}, {"thr": (thr, "INT8")})
     assert_same_as_finn(model, rng.integers(-25, 26, (5, 3, 2, c)))
@@ -251,15 +266,17 @@ def test_pool_accumulator_overflow():
 
 
 @FAST
-@given(c=st.integers(1, 6), seed=st.integers(0, 2**16))
-def test_duplicate_add_concat(c, seed):
+@given(c=st.integers(1, 6), seed=st.integers(0, 2**16), pe=FOLD, simd=FOLD)
+def test_duplicate_add_concat(c, seed, pe, simd):
     shape = [1, 3, 3, c]
     nodes = [
-        hw("DuplicateStreams", ["x"], ["a", "b"], NumChannels=c, PE=1, NumOutputStreams=2, inputDataType="INT4",
+        hw("DuplicateStreams", ["x"], ["a", "b"], NumChannels=c, PE=divisor(c, pe), NumOutputStreams=2,
+           inputDataType="INT4",
            numInputVectors=[1, 3, 3]),
         hw("ElementwiseAdd", ["a", "b"], ["s"], lhs_dtype="INT4", rhs_dtype="INT4", out_dtype="INT5",
            lhs_shape=shape, rhs_shape=shape, out_shape=shape),
-        hw("StreamingConcat", ["s", "a"], ["y"], SIMD=1, ChannelsPerStream=[c, c], inputDataTypes=["INT5", "INT4"],
+        hw("StreamingConcat", ["s", "a"], ["y"], SIMD=divisor(c, simd), ChannelsPerStream=[c, c],
+           inputDataTypes=["INT5", "INT4"],
            numInputVectors=[1, 3, 3]),
     ]
     tensors = {"x": (shape, "INT4"), "a": (shape, "INT4"), "b": (shape, "INT4"), "s": (shape, "INT5"),
@@ -268,12 +285,13 @@ def test_duplicate_add_concat(c, seed):
 
 
 @FAST
-@given(labels=st.integers(2, 12), k=st.integers(1, 3), seed=st.integers(0, 2**16))
-def test_label_select_and_topk_break_ties_like_onnxruntime(labels, k, seed):
+@given(labels=st.integers(2, 12), k=st.integers(1, 3), seed=st.integers(0, 2**16), pe=FOLD)
+def test_label_select_and_topk_break_ties_like_onnxruntime(labels, k, seed, pe):
     k = min(k, labels)
     x = np.random.default_rng(seed).integers(0, 3, (8, labels))  # many ties
     nodes = [
-        hw("LabelSelect", ["x"], ["y"], Labels=labels, PE=1, K=k, inputDataType="UINT2", outputDataType="UINT8"),
+        hw("LabelSelect", ["x"], ["y"], Labels=labels, PE=divisor(labels, pe), K=k, inputDataType="UINT2",
+           outputDataType="UINT8"),
     ]
     assert_same_as_finn(make_model(nodes, {"x": ([1, labels], "UINT2"), "y": ([1, k], "UINT8")}), x)
     topk = helper.make_node("TopK", ["x", "k"], ["v", "y"], axis=-1, largest=1, sorted=1)

@@ -65,6 +65,9 @@ def test_trunc_pool_rejects_inexact_settings():
         q.trunc_avg_pool(2, 4, 7)  # 4 + log2(4) = 6 bits at most
 
 
+PADS = {"resnete": 6, "densenet": 6, "cnv": 0}  # -1 Pad nodes in the tiny variants' export
+
+
 @pytest.mark.parametrize("model", list(MODELS))
 def test_export_has_quantizers_and_minus_one_pads(model, tmp_path):
     net = build_model(model, "tiny")
@@ -72,9 +75,24 @@ def test_export_has_quantizers_and_minus_one_pads(model, tmp_path):
     graph = onnx.load(path).graph
     ops = {n.op_type for n in graph.node}
     assert "BipolarQuant" in ops
+    init = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    pads = [n for n in graph.node if n.op_type == "Pad"]
+    # the tiny variants' padded binary 3x3 convs (FINN's CNV pads nothing): a regression to zero
+    # padding (through a Conv's `pads` or a Pad of value 0) changes a count or a value below
+    assert len(pads) == PADS[model] == sum(type(m).__name__ == "BipolarPad" for m in net.modules())
+    for node in pads:
+        value = onnx.numpy_helper.to_array(init[node.input[2]]) if len(node.input) > 2 else 0
+        assert float(np.asarray(value).flatten()[0]) == -1.0
+    binary_convs = 0
     for node in graph.node:
-        if node.op_type == "Pad":
-            init = {i.name: i for i in graph.initializer}
-            value = onnx.numpy_helper.to_array(init[node.input[2]]) if len(node.input) > 2 else 0
-            assert float(np.asarray(value).flatten()[0]) == -1.0
+        if node.op_type != "Conv":
+            continue
+        pads_attr = next((list(a.ints) for a in node.attribute if a.name == "pads"), [])
+        w = producer.get(node.input[1])
+        if w is not None and w.op_type == "BipolarQuant":
+            binary_convs += 1
+            assert not any(pads_attr), f"{node.name}: a binary conv must not pad (zero is not a binary value)"
+    assert binary_convs >= 4
+    assert sum(1 for n in graph.node if n.op_type == "Conv" and producer.get(n.input[0]) in pads) == PADS[model]
     assert not list(tmp_path.glob("*.tmp")), "export must not leave temporary files"

@@ -11,6 +11,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bnnflow.cli import main
 from bnnflow.errors import BnnflowError
@@ -20,8 +22,8 @@ from bnnflow.models.train import TrainConfig, evaluate_tensors, make_optimizers,
 
 from conftest import shared_npz  # tests/ is on sys.path (rootdir conftest)
 
-RUN = ["--variant", "tiny", "--subset", "64", "--test-subset", "100", "--batch-size", "32", "--threads", "2",
-       "--no-progress"]
+RUN = ["--variant", "tiny", "--subset", "64", "--val-size", "64", "--test-subset", "100", "--batch-size", "32",
+       "--threads", "2", "--no-progress", "--no-compile"]
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +179,12 @@ def test_existing_run_folder_is_kept(runs, capsys):
     (["train", "--epochs", "3"], "Name the model"),
     (["train", "cnv", "--variant", "huge"], "Unknown variant"),
     (["train", "cnv", "--epochs", "0"], "--epochs"),
+    (["train", "cnv", "--batch-size", "1"], "--batch-size must be at least 2"),
+    (["train", "cnv", "--val-size", "-1"], "--val-size"),
+    (["train", "cnv", "--val-size", "50000", "--out", "/tmp/bnnflow-never"], "leaves none"),
+    (["train", "cnv", "--benchmark-steps", "3"], "even number"),
+    (["train", "cnv", "--label-smoothing", "1"], "--label-smoothing"),
+    (["train", "cnv", "--epochs", "5", "--warmup-epochs", "5"], "--warmup-epochs"),
     (["train", "cnv", "--recu", "--tau-start", "0.99", "--tau-end", "0.9"], "tau"),
     (["train", "cnv", "--data", "/nonexistent/cifar", "--out", "/tmp/bnnflow-never"], "/nonexistent/cifar"),
     (["evaluate", "/nonexistent/best.pt"], "does not exist"),
@@ -184,6 +192,30 @@ def test_existing_run_folder_is_kept(runs, capsys):
 def test_user_errors(capsys, argv, needle):
     code, _, err = cli(capsys, *argv)
     assert code != 0 and needle in one_sentence(err)
+
+
+def test_warmup_then_cosine_schedule():
+    from bnnflow.models.train import cosine
+
+    f = [cosine(s, 100, 10) for s in range(100)]
+    assert f[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert f[10] == 1.0 and all(a > b for a, b in zip(f[10:], f[11:])) and f[-1] < 1e-3
+    assert [cosine(s, 100) for s in range(100)] == [cosine(s, 100, 0) for s in range(100)]
+
+
+def test_resume_refuses_to_shorten_silently(runs, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs[0] / "split", run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    code, _, err = cli(capsys, "train", "--resume", "--out", run, "--epochs", "1")
+    assert code != 0 and "--shorten" in one_sentence(err)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    # asked for explicitly: the run already has 2 epochs, so there is nothing left to shorten
+    code, _, err = cli(capsys, "train", "--resume", "--out", run, "--epochs", "1", "--shorten")
+    assert code != 0 and "nothing to shorten" in one_sentence(err)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
 def test_corrupt_or_mismatched_checkpoints(runs, tmp_path, capsys):
@@ -330,3 +362,33 @@ def test_evaluate_hardware_graph_agrees(runs, tmp_path, capsys):
 
     hw = json.loads((tmp_path / "eval.json").read_text())["hardware"]
     assert code == 0 and hw["same_top1"] == 20 and hw["identical_integer_logits"] == 20, out
+
+
+# ------------------------------------------------------------------- damaged run folders (fuzzed)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.floats(0.0, 0.999), flips=st.lists(st.tuples(st.floats(0, 0.999), st.integers(1, 255)), max_size=3),
+       truncate=st.booleans())
+def test_damaged_last_checkpoint_is_one_sentence_and_nothing_changes(runs, tmp_path_factory, cut, flips, truncate):
+    """A truncated or bit-flipped last.pt either still resumes or ends in one sentence, and the
+    run folder is byte-identical after a refusal."""
+    import contextlib
+    import io
+    import shutil
+
+    run = tmp_path_factory.mktemp("damaged") / "run"
+    shutil.copytree(runs[0] / "straight", run)
+    data = bytearray((run / "last.pt").read_bytes())
+    for pos, xor in flips:
+        data[int(pos * len(data))] ^= xor
+    if truncate:
+        data = data[:int(cut * len(data))]
+    (run / "last.pt").write_bytes(bytes(data))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["train", "--resume", "--out", str(run), "--no-progress"])
+    if code != 0:
+        one_sentence(err.getvalue())
+        assert {p.name: p.read_bytes() for p in run.iterdir()} == before

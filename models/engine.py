@@ -1,0 +1,77 @@
+"""One training step of a Brevitas model, computed by Brevitas or by the fast twin (fast.py).
+
+Both engines update the same Parameters, optimiser state and batch-norm statistics, so a run can
+switch engine on --resume.  The fast engine runs Brevitas until the activation scales have
+collected their statistics (a few steps for a shared stream quantiser, 300 for a per-layer
+one), then the twin: compiled once, bf16 autocast where the hardware has bf16 units, images
+in channels_last.  Evaluation is always fp32 (the twin's fp32 forward equals Brevitas').
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import fast
+
+
+def bf16_default(device: torch.device) -> bool:
+    """bf16 pays on CUDA and on CPUs with AMX/AVX512-BF16; elsewhere it emulates and is slower."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return _cpu_flag("amx_bf16") or _cpu_flag("avx512_bf16")
+
+
+def _cpu_flag(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(flag in line.split() for line in f if line.startswith("flags"))
+    except OSError:
+        return False
+
+
+class Engine:
+    """forward + loss + backward + optimiser steps for one batch."""
+
+    def __init__(self, net, logit_scale, opts, device: torch.device, kind: str = "fast", bf16: bool = False,
+                 compile: bool = True, label_smoothing: float = 0.0):
+        self.net, self.logit_scale, self.opts, self.device = net, logit_scale, opts, device
+        self.label_smoothing = label_smoothing
+        self.kind, self.bf16, self.compile = kind, bf16 and kind == "fast", compile and kind == "fast"
+        self._twin = self._compiled = None
+        self._binary = fast.binary_latent_weights(net)
+
+    def uses_twin(self) -> bool:
+        return self.kind == "fast" and not fast.stats_pending(self.net)
+
+    def twin(self):
+        if self._twin is None:  # after any state_dict load: Brevitas rebuilds scale Parameters on load
+            self._twin = fast.make_twin(self.net)
+            self._compiled = torch.compile(self._twin) if self.compile else self._twin
+        return self._twin
+
+    def forward(self, xb: torch.Tensor) -> torch.Tensor:
+        if not self.uses_twin():
+            return self.net(xb)
+        self.twin()
+        fast.clamp_binary_weights(self._binary)  # Brevitas does this in place at every forward
+        xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self._compiled(xb).float()
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.forward(xb)
+        loss = F.cross_entropy(logits * self.logit_scale.exp(), yb, label_smoothing=self.label_smoothing)
+        for opt in self.opts:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in self.opts:
+            opt.step()
+        return loss.detach(), logits.detach()
+
+    def eval_forward(self, xb: torch.Tensor) -> torch.Tensor:
+        """fp32, eval mode set by the caller: the twin (eager) once it exists, else Brevitas."""
+        if self.kind == "fast" and not fast.stats_pending(self.net):
+            fast.clamp_binary_weights(self._binary)
+            return self.twin()(xb)
+        return self.net(xb)

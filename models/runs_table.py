@@ -1,0 +1,87 @@
+"""`bnnflow runs`: the recipe table from logged training runs (README's recipe table).
+
+One row per run folder: what differs from the default recipe, epochs done of those planned,
+CPU-hours (wall seconds of the logged epochs x torch threads), and the top-1 of the epoch
+best.pt holds, selected on the held-out validation split, with its test top-1 beside it.
+Test top-1 is reported, never used to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bnnflow.errors import BnnflowError
+
+DEFAULT_GLOB = "models/runs/*"
+
+
+def add_runs_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "runs", help="table of training runs: recipe, epochs, CPU-hours, validation and test top-1",
+        description="Reads run folders written by 'bnnflow train' (log.json, run.json) and prints one markdown "
+                    "row per run: the recipe options that differ from the defaults, epochs, CPU-hours and the "
+                    "top-1 of the checkpoint selected on the validation split.")
+    p.add_argument("folders", nargs="*", type=Path, help=f"run folders; default: {DEFAULT_GLOB}")
+    p.add_argument("--out", type=Path, help="also write the table (markdown) to this file")
+    return p
+
+
+def _recipe_text(config: dict) -> str:
+    from .train import RECIPE_DEFAULTS
+
+    changed = [f"{k}={v}" for k, v in config.items()
+               if k in RECIPE_DEFAULTS and k not in ("variant", "epochs") and v is not None
+               and v != RECIPE_DEFAULTS[k] and not (k == "lr" and v in (2e-3, 0.1))]
+    return ", ".join(changed) or "plain (Adam 2e-3, cosine, crop+flip)"
+
+
+def run_row(folder: Path) -> dict:
+    from .train import _selected_row
+
+    log, info = folder / "log.json", folder / "run.json"
+    if not log.is_file() or not info.is_file():
+        raise BnnflowError(f"{folder} is not a run folder of 'bnnflow train' (no log.json and run.json).")
+    try:
+        history = json.loads(log.read_text())
+        run = json.loads(info.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BnnflowError(f"The logs in {folder} are damaged (not JSON): re-run or resume the run.") from None
+    if not history:
+        raise BnnflowError(f"The run in {folder} has no finished epoch yet.")
+    cfg = run["config"]
+    threads = run.get("threads") or 2
+    best = _selected_row(history)
+    engines = sorted({r.get("engine", "brevitas") for r in history})
+    return {"run": folder.name, "model": f"{cfg['model']}/{cfg['variant']}", "recipe": _recipe_text(cfg),
+            "engine": "+".join(engines) if len(engines) == 1 else " then ".join(engines),
+            "epochs": f"{len(history)}/{cfg['epochs']}",
+            "cpu_hours": sum(r["seconds"] for r in history) * threads / 3600,
+            "best_epoch": best["epoch"], "val_top1": best.get("val_top1"), "test_top1": best["test_top1"],
+            "status": run.get("status", "?")}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| run | model | recipe | engine | epochs | CPU-hours | best.pt epoch | val top-1 | test top-1 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        val = f"{100 * r['val_top1']:.2f} %" if r["val_top1"] is not None else "(no split)"
+        lines.append(f"| {r['run']} | {r['model']} | {r['recipe']} | {r['engine']} | {r['epochs']} | "
+                     f"{r['cpu_hours']:.1f} | {r['best_epoch']} | {val} | {100 * r['test_top1']:.2f} % |")
+    return "\n".join(lines)
+
+
+def cmd_runs(args) -> int:
+    from rich.console import Console
+
+    from bnnflow.atomic import write_text
+
+    folders = args.folders or sorted(p for p in Path().glob(DEFAULT_GLOB) if p.is_dir())
+    if not folders:
+        raise BnnflowError(f"No run folders given and none under {DEFAULT_GLOB}: pass the folders of 'bnnflow train' runs.")
+    text = table([run_row(Path(f)) for f in folders])
+    Console(highlight=False, soft_wrap=True).print(text, markup=False)
+    if args.out:
+        write_text(args.out, text + "\n")
+    return 0

@@ -1,0 +1,81 @@
+"""`bnnflow train MODEL --benchmark-steps N`: Brevitas' forward and the fast engine, side by side.
+
+Both paths train the same model on the same batches in one process; timed blocks alternate
+(Brevitas, fast, Brevitas, fast) so a neighbour's load on a shared machine hits both alike.
+The statistics phase of the activation scales and the fast engine's compilation are done
+before timing, and their seconds are printed apart.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from bnnflow.errors import BnnflowError
+
+BLOCKS = 2  # timed blocks per path, interleaved
+
+
+def benchmark(cfg, steps: int, console) -> dict:
+    import torch
+
+    from .data import augment
+    from .engine import Engine, bf16_default
+    from .train import check_config, load_data, make_optimizers, pick_device, prepare_model, to_device_tensors
+
+    if steps < 2 or steps % BLOCKS:
+        raise BnnflowError(f"--benchmark-steps must be an even number of at least 2, got {steps}.")
+    if cfg.model is None:
+        raise BnnflowError("Name the model to benchmark, e.g. 'bnnflow train resnete --benchmark-steps 40'.")
+    check_config(cfg)
+    device = pick_device(cfg.device)
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    bf16 = bf16_default(device) if cfg.bf16 is None else cfg.bf16
+    if cfg.lr is None:
+        cfg.lr = 2e-3
+    cfg.val_size = 0
+    x, y, *_ = to_device_tensors(load_data(cfg), device)
+    bs = min(cfg.batch_size, len(x))
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    def batch():
+        idx = torch.randint(0, len(x), (bs,), generator=gen).to(device)
+        return augment(x[idx].float(), gen), y[idx]
+
+    net, logit_scale = prepare_model(cfg, device)
+    opts = make_optimizers(cfg, net, logit_scale, device)
+    slow = Engine(net, logit_scale, opts, device, "brevitas")
+    quick = Engine(net, logit_scale, opts, device, "fast", bf16=bf16, compile=cfg.compile)
+    net.train()
+    t0, stat_steps = time.time(), 0
+    while not quick.uses_twin():  # Brevitas collects the activation statistics first
+        slow.step(*batch())
+        stat_steps += 1
+    stats_s = time.time() - t0
+    t0 = time.time()
+    for _ in range(2):  # compile and warm up (first two steps)
+        quick.step(*batch())
+    warm_s = time.time() - t0
+    slow.step(*batch())
+
+    timing = {"brevitas": 0.0, "fast": 0.0}
+    per_block = steps // BLOCKS
+    for _ in range(BLOCKS):
+        for name, eng in (("brevitas", slow), ("fast", quick)):
+            batches = [batch() for _ in range(per_block)]
+            t0 = time.time()
+            for xb, yb in batches:
+                eng.step(xb, yb)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            timing[name] += time.time() - t0
+    ips = {k: steps * bs / v for k, v in timing.items()}
+    ratio = ips["fast"] / ips["brevitas"]
+    label = f"fast ({'bf16, ' if quick.bf16 else 'fp32, '}{'compiled, ' if quick.compile else ''}channels_last twin)"
+    console.print(f"{cfg.model}/{cfg.variant}, batch {bs}, {torch.get_num_threads()} threads on {device}, "
+                  f"{steps} timed steps per path in {BLOCKS} interleaved blocks")
+    console.print(f"  brevitas (Brevitas forward, fp32, eager): {ips['brevitas']:8.1f} images/s")
+    console.print(f"  {label}: {ips['fast']:8.1f} images/s")
+    console.print(f"  speed-up: [bold]{ratio:.2f}x[/]   (not timed: {stat_steps} Brevitas statistics steps "
+                  f"{stats_s:.0f} s, fast engine compile + warm-up {warm_s:.0f} s)")
+    return {"images_per_s": ips, "ratio": ratio, "stat_steps": stat_steps, "warmup_s": warm_s}
