@@ -38,6 +38,16 @@ def pytest_sessionstart(session):
 
 
 @pytest.fixture(scope="session")
+def cifar_train():
+    """The first 512 real CIFAR-10 training images and labels (uint8 NHWC, int64)."""
+    path = shared_npz("train")
+    if not path.exists():
+        pytest.skip(f"real CIFAR-10 not found at {path} (set BNNFLOW_DATA)")
+    with np.load(path) as d:
+        return d["x"][:512], d["y"][:512]
+
+
+@pytest.fixture(scope="session")
 def cifar_test():
     path = shared_npz("test")
     if not path.exists():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,19 +19,14 @@ from bnnflow.models.checkpoint import load_checkpoint, read_checkpoint
 from bnnflow.models.engine import Engine
 from bnnflow.models.zoo import build_model
 
-from conftest import shared_npz
 
 TINY = [("resnete", "tiny"), ("densenet", "tiny"), ("cnv", "tiny")]
 
 
 @pytest.fixture(scope="module")
-def images():
-    path = shared_npz("train")
-    if not path.exists():
-        pytest.skip(f"real CIFAR-10 not found at {path} (set BNNFLOW_DATA)")
-    with np.load(path) as d:
-        x = torch.from_numpy(d["x"][:96]).permute(0, 3, 1, 2).float()
-        return x, torch.from_numpy(d["y"][:96])
+def images(cifar_train):
+    x, y = cifar_train
+    return torch.from_numpy(x[:96]).permute(0, 3, 1, 2).float(), torch.from_numpy(y[:96])
 
 
 _TRAINED: dict = {}

@@ -20,19 +20,9 @@ from bnnflow.models import psi, recu
 from bnnflow.models.checkpoint import load_checkpoint, read_checkpoint
 from bnnflow.models.train import TrainConfig, evaluate_tensors, make_optimizers, prepare_model, train
 
-from conftest import shared_npz  # tests/ is on sys.path (rootdir conftest)
 
 RUN = ["--variant", "tiny", "--subset", "64", "--val-size", "64", "--test-subset", "100", "--batch-size", "32",
        "--threads", "2", "--no-progress", "--no-compile"]
-
-
-@pytest.fixture(scope="module")
-def cifar_train():
-    path = shared_npz("train")
-    if not path.exists():
-        pytest.skip(f"real CIFAR-10 not found at {path} (set BNNFLOW_DATA)")
-    with np.load(path) as d:
-        return d["x"][:512], d["y"][:512]
 
 
 def cli(capsys, *argv):
