@@ -685,7 +685,8 @@ def train(cfg: TrainConfig, console=None) -> dict:
     if saved is not None:
         opts = _restore(cfg, saved, out, net, logit_scale, device)
         st = saved["train_state"]
-        history, start_epoch, best = st["history"], st["epoch"], st.get("best_val_top1", st["best_top1"])
+        history, start_epoch = st["history"], st["epoch"]
+        best = _selection_score(_selected_row(history)) if history else -1.0
         console.print(f"Resuming {out} after epoch {start_epoch} of {cfg.epochs}.")
     else:
         opts = make_optimizers(cfg, net, logit_scale, device)
@@ -723,8 +724,7 @@ def train(cfg: TrainConfig, console=None) -> dict:
                "images_per_s": round(stats["seen"] / seconds, 1),
                "engine": cfg.engine + ("+bf16" if engine.bf16 else "") + ("+compile" if engine.compile else "")}
         history.append(row)
-        # selection on the held-out split only; without one, the latest epoch
-        score = val_top1 if val_top1 is not None else float(epoch)
+        score = _selection_score(row)
         improved = score > best
         if improved:
             best = score
@@ -736,8 +736,7 @@ def train(cfg: TrainConfig, console=None) -> dict:
             save_checkpoint(out / "best.pt", _cpu(net, baked=True), cfg.model, cfg.variant, meta=meta)
         state = {"config": {**{k: getattr(cfg, k) for k in FIXED_ON_RESUME + ENGINE_KEYS}, "epochs": cfg.epochs,
                             "data": cfg.data},
-                 "data": data["info"], "epoch": epoch + 1, "history": history, "best_top1": best,
-                 "best_val_top1": best,
+                 "data": data["info"], "epoch": epoch + 1, "history": history,
                  "optimizers": [opt.state_dict() for opt in opts], "quant_stats": quant_stats_state(net),
                  "logit_scale": logit_scale.detach().cpu(), "rng": rng_state(),
                  "schedule": {"kind": "cosine", "step": (epoch + 1) * steps_per_epoch, "total_steps": total_steps}}
@@ -765,6 +764,11 @@ def train(cfg: TrainConfig, console=None) -> dict:
                       f"'bnnflow train --resume --out {out}'.")
     return {"out": out, "history": history, "best_top1": best_row["test_top1"], "best_epoch": best_row["epoch"],
             "stopped": not done}
+
+
+def _selection_score(row: dict) -> float:
+    """What best.pt is chosen by: the held-out split's top-1 only; without one, the latest epoch."""
+    return row["val_top1"] if row.get("val_top1") is not None else float(row["epoch"])
 
 
 def _selected_row(history: list[dict]) -> dict:
