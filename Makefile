@@ -17,7 +17,7 @@ test: setup
 	$(VENV)/bin/python -m pytest -q
 
 test-fast: setup
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	$(VENV)/bin/python -m pytest -q -m "not slow and not build"
 
 clean:
 	rm -rf build

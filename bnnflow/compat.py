@@ -10,7 +10,13 @@
   - `MinimizeAccumulatorWidth` sizes XNOR-mode MVAU accumulators from the bipolar dot-product
     range although their thresholds live in the popcount range [0, MW]
     (see `fix_xnor_accumulators`);
-  - psutil is used but not declared (requirements/runtime.lock pins it).
+  - psutil is used but not declared (requirements/runtime.lock pins it);
+  - cppsim without Vitis HLS (build_flows/cppsim.py): `compile_singlenode_code` links four
+    Vitis csim libraries unconditionally although no integer layer uses them
+    (`write_cppsim_stub_libs`); it writes `-I$FINN_CUSTOM_HLS` unquoted into compile.sh, which
+    swallows the next -I when the variable is unset (`finn_custom_hls_env`); it hard-codes
+    `-fno-builtin -fno-inline`, which makes the binaries several times slower (`cppsim_fast_flags`,
+    outputs identical, tested).
 * qonnx 1.0.0 renames and sorts graphs in O(nodes^2) (a linear scan per tensor / per node),
   run after every transformation; on a 12-block ResNetE streamlining spends most of its time
   there. Its ComposedTransformation (FINN's StreamlinePlus) also re-runs the whole cleanup
@@ -22,6 +28,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -256,3 +263,63 @@ def fix_xnor_accumulators(model):
 
 def which(tool: str) -> str | None:
     return shutil.which(tool)
+
+
+# ------------------------------------------------------------------ cppsim without Vitis HLS (finn-plus 1.6.1)
+
+# The Vitis csim libraries FINN's compile_singlenode_code links (-l...) whatever the node: relative to
+# XILINX_HLS. Its cppsim template defines HLS_NO_XIL_FPO_LIB and no integer/binary layer references a
+# symbol in them, so empty archives satisfy the linker.
+CPPSIM_STUB_LIBS = ("lnx64/lib/csim/libhlsmc++-GCC46.a",
+                    "lnx64/tools/fpo_v7_1/libgmp.a",
+                    "lnx64/tools/fpo_v7_1/libmpfr.a",
+                    "lnx64/tools/fpo_v7_1/libIp_floating_point_v7_1_bitacc_cmodel.a")
+EMPTY_ARCHIVE = b"!<arch>\n"  # an ar archive with no members
+
+
+def write_cppsim_stub_libs(xilinx_hls: str | os.PathLike) -> list[Path]:
+    """Empty archives in a stand-in XILINX_HLS for the libraries FINN links into every cppsim binary."""
+    out = []
+    for rel in CPPSIM_STUB_LIBS:
+        p = Path(xilinx_hls) / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(EMPTY_ARCHIVE)
+        out.append(p)
+    return out
+
+
+def finn_custom_hls_env(finn_root: str | os.PathLike) -> dict[str, str]:
+    """FINN_CUSTOM_HLS for cppsim: finn-plus writes `-I$FINN_CUSTOM_HLS` unquoted into compile.sh, and
+    only its CLI sets the variable; unset, g++ takes the next -I (XILINX_HLS's include folder) as the
+    argument of the bare -I and then cannot find ap_int.h. Keeps a value the user set."""
+    return {"FINN_CUSTOM_HLS": os.environ.get("FINN_CUSTOM_HLS") or str(Path(finn_root) / "custom_hls")}
+
+
+SLOW_CPPSIM_FLAGS = "-fno-builtin -fno-inline"  # what finn-plus appends to every cppsim compile
+
+
+@contextlib.contextmanager
+def cppsim_fast_flags(enabled: bool = True):
+    """While inside (and enabled), FINN's CppBuilder compiles without `-fno-builtin -fno-inline`.
+
+    finn-plus hard-codes them in HLSBackend.compile_singlenode_code; with them every ap_int operation
+    is a call (a CNV-W1A1 image took 26 s instead of 10 s in the probe of
+    ../shared/notes/vendor-free-sim.md). The C++ is the same and so are the outputs (tests/test_sim.py
+    compares both builds of four nodes on real activations). compile.sh in each node's folder records
+    the command actually run."""
+    if not enabled:
+        yield
+        return
+    from finn.util.basic import CppBuilder
+
+    original = CppBuilder.build
+
+    def build(self, code_gen_dir):
+        self.include_paths = [p for p in self.include_paths if p.strip() != SLOW_CPPSIM_FLAGS]
+        return original(self, code_gen_dir)
+
+    CppBuilder.build = build
+    try:
+        yield
+    finally:
+        CppBuilder.build = original

@@ -16,6 +16,12 @@ class MissingToolError(BnnflowError):
     exit_code = 3
 
 
+class DoesNotFit(BnnflowError):
+    """The design's estimates exceed the board's budget (`bnnflow estimate` reports it)."""
+
+    exit_code = 4
+
+
 class Interrupted(BnnflowError):
     """Ctrl-C, reported with what it left (as the shell's 128 + SIGINT)."""
 

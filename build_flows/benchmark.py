@@ -32,6 +32,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from bnnflow.atomic import write_json, write_text
+from bnnflow.catalog import MODEL_TITLES
 from bnnflow.errors import BnnflowError
 
 # CNV-W1A1 first, then the deeper networks; three widths each
@@ -40,9 +41,9 @@ DESIGNS: list[tuple[str, str]] = [
     ("resnete", "small"), ("resnete", "default"), ("resnete", "wide"),
     ("densenet", "small"), ("densenet", "default"), ("densenet", "wide"),
 ]
-TITLES = {"cnv": "CNV-W1A1", "resnete": "ResNetE", "densenet": "BinaryDenseNet"}
+TITLES = MODEL_TITLES
 RESULT_FILE = "bench_result.json"
-RESULT_VERSION = 2
+RESULT_VERSION = 3  # 3: keyed by the build identity
 # rough relative cost of a build (streamlining dominates), to start the long ones first
 COST = {"cnv": 1, "resnete": 4, "densenet": 4}
 VARIANT_COST = {"tiny": 0.5, "small": 0.8, "default": 1.0, "wide": 1.3}
@@ -80,67 +81,36 @@ def compute_bound(board, lut_budget: float) -> tuple[float, float]:
     return per_lane, math.floor(lut_budget / per_lane) * board.clock_mhz * 1e6
 
 
-def _key(model: str, variant: str, board, ckpt: Path | None, spec_mtime: float) -> dict:
-    from bnnflow.models.checkpoint import file_sha256
-
-    return {"version": RESULT_VERSION, "model": model, "variant": variant, "board": board.name,
-            "lut_max": board.lut_max, "bram_max": board.bram_max,
-            "checkpoint_sha256": file_sha256(ckpt) if ckpt else None, "specialised_mtime": spec_mtime}
-
-
-def run_design(model: str, variant: str, board_name: str, bench_dir: str, force: bool = False) -> dict:
-    """One design, in a worker process: build (cached), fold, estimate; returns its row."""
+def run_design(model: str, variant: str, board_name: str, bench_dir: str, force: bool = False,
+               lut_max: float | None = None, bram_max: float | None = None) -> dict:
+    """One design, in a worker process: build with the folding search to the estimates (cached); its row."""
     t0 = time.time()
     from rich.console import Console
 
     from bnnflow.hw.boards import get_board
 
     from . import flow
-    from .build import BuildRequest, run_build
-    from .folding import SPECIALISED_STEP, build_matches, ensure_specialised, fold_build
+    from .build import ensure_build
+    from .build_folding import FOLD_REPORT_FILE
+    from .identity import AUTO_FOLDING, BuildRequest
 
     board = get_board(board_name)
     out = Path(bench_dir) / f"{model}-{variant}-{board.name}"
     ckpt, acc = checkpoint_for(model, variant)
     row = {"model": model, "title": TITLES[model], "variant": variant, "accuracy": acc,
            "checkpoint": str(ckpt) if ckpt else None, "out": str(out)}
+    req = BuildRequest(model=model, variant=variant, board=board.name, checkpoint=ckpt, out=out, force=force,
+                       folding=Path(AUTO_FOLDING), lut_max=lut_max, bram_max=bram_max)
     try:
         # the benchmark owns its cache: a cached build of this design with other weights is rebuilt
-        stale = (out / flow.STATE_FILE).is_file() and not build_matches(out, model, variant, board, ckpt)
-        out, reused = ensure_specialised(model, variant, board, out, ckpt, 0, force or stale)
-        spec = flow.intermediate_path(out, SPECIALISED_STEP)
-        key = _key(model, variant, board, ckpt, spec.stat().st_mtime)
+        out, reused, _ = ensure_build(req, flow.ESTIMATE_STEP, Console(quiet=True), replace_other=True)
+        key = {"version": RESULT_VERSION, "identity": flow.BuildState(out).data.get("identity")}
         cached = out / RESULT_FILE
-        if reused and not force and cached.exists():
+        if reused and cached.exists():
             old = json.loads(cached.read_text())
             if old.get("key") == key:
                 return {**old["row"], "cached": True, "seconds": round(time.time() - t0, 1)}
-        result, path = fold_build(out, board, name=f"{model}/{variant}")
-        run_build(BuildRequest(model=model, variant=variant, board=board.name, checkpoint=ckpt, out=out,
-                               from_step="target_fps_parallelization", stop_after=flow.ESTIMATE_STEP,
-                               folding=Path("auto")), Console(quiet=True))
-        summary = json.loads((out / "summary.json").read_text())
-        ops = flow.read_report(out, "op_and_param_counts.json").get("total", {})
-        ev = result.evaluation
-        # the summary's totals include the FIFOs and width converters (bnnflow's model of them)
-        lut = summary["total"]["LUT"]
-        bram = summary["total"]["BRAM_18K"]
-        per_lane, bound = compute_bound(board, result.budget["LUT"])
-        bin_macs = float(ops.get("op_mac_1bx1b", 0.0))
-        plan = ev.fifo_plan
-        row.update({
-            "fits": bool(ev.fits and summary["fits"]), "fps": summary["fps"], "latency_ms": summary["latency_ms"],
-            "max_cycles": summary["max_cycles"], "bottleneck": summary["bottleneck"],
-            "LUT": lut, "BRAM_18K": bram, "DSP": summary["total"]["DSP"],
-            "LUT_pct": 100 * lut / board.lut, "BRAM_pct": 100 * bram / board.bram18,
-            "fifo_lut": ev.extra["LUT"], "fifo_bram": ev.extra["BRAM_18K"],
-            "binary_macs": bin_macs, "other_macs": float(sum(v for k, v in ops.items()
-                                                             if k.startswith("op_mac") and k != "op_mac_1bx1b")),
-            "lut_per_lane": per_lane, "bound_macs_per_s": bound,
-            "compute_bound_pct": 100 * bin_macs * summary["fps"] / bound if bound else 0.0,
-            "search_fps": ev.fps, "stream_model_interval": plan.interval if plan else None,
-            "stream_model_latency": plan.latency if plan else None, "folding": str(path), "error": None,
-        })
+        row.update(_design_row(out, board, json.loads((out / FOLD_REPORT_FILE).read_text())))
         write_json(cached, {"key": key, "row": row})
     except BnnflowError as exc:
         row.update({"fits": False, "error": str(exc)})
@@ -148,7 +118,34 @@ def run_design(model: str, variant: str, board_name: str, bench_dir: str, force:
     return row
 
 
-def _select(only: list[str] | None) -> list[tuple[str, str]]:
+def _design_row(out: Path, board, search: dict) -> dict:
+    """A built design's figures: FINN's estimates (summary.json, op counts) and the search's report."""
+    from . import flow
+
+    summary = json.loads((out / "summary.json").read_text())
+    ops = flow.read_report(out, "op_and_param_counts.json").get("total", {})
+    # the summary's totals include the FIFOs and width converters (bnnflow's model of them)
+    lut = summary["total"]["LUT"]
+    bram = summary["total"]["BRAM_18K"]
+    per_lane, bound = compute_bound(board, search["budget"]["LUT"])
+    bin_macs = float(ops.get("op_mac_1bx1b", 0.0))
+    plan = search.get("fifos")
+    return {
+        "fits": bool(search["fits"] and summary["fits"]), "fps": summary["fps"], "latency_ms": summary["latency_ms"],
+        "max_cycles": summary["max_cycles"], "bottleneck": summary["bottleneck"],
+        "LUT": lut, "BRAM_18K": bram, "DSP": summary["total"]["DSP"],
+        "LUT_pct": 100 * lut / board.lut, "BRAM_pct": 100 * bram / board.bram18,
+        "fifo_lut": search["fifo_and_dwc"]["LUT"], "fifo_bram": search["fifo_and_dwc"]["BRAM_18K"],
+        "binary_macs": bin_macs, "other_macs": float(sum(v for k, v in ops.items()
+                                                         if k.startswith("op_mac") and k != "op_mac_1bx1b")),
+        "lut_per_lane": per_lane, "bound_macs_per_s": bound,
+        "compute_bound_pct": 100 * bin_macs * summary["fps"] / bound if bound else 0.0,
+        "search_fps": search["fps"], "stream_model_interval": plan["interval_cycles"] if plan else None,
+        "stream_model_latency": plan["latency_cycles"] if plan else None, "folding": search["config"], "error": None,
+    }
+
+
+def select_designs(only: list[str] | None) -> list[tuple[str, str]]:
     if not only:
         return list(DESIGNS)
     picked = []
@@ -166,11 +163,14 @@ def _select(only: list[str] | None) -> list[tuple[str, str]]:
 
 
 def run_benchmark(board_name: str = "pynq-z2", bench_dir: Path = Path("build/benchmark"), jobs: int = 2,
-                  only: list[str] | None = None, force: bool = False, console=None, on_done=None) -> dict:
+                  only: list[str] | None = None, force: bool = False, console=None, on_done=None,
+                  lut_max: float | None = None, bram_max: float | None = None) -> dict:
     from bnnflow.hw.boards import get_board
 
     board = get_board(board_name)
-    designs = _select(only)
+    board.budget(lut_max, bram_max)  # validates the limits
+    limits = (lut_max, bram_max)
+    designs = select_designs(only)
     bench_dir = Path(bench_dir).resolve()
     bench_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -178,13 +178,14 @@ def run_benchmark(board_name: str = "pynq-z2", bench_dir: Path = Path("build/ben
     rows: dict[tuple[str, str], dict] = {}
     if jobs <= 1:
         for m, v in order:
-            rows[(m, v)] = run_design(m, v, board.name, str(bench_dir), force)
+            rows[(m, v)] = run_design(m, v, board.name, str(bench_dir), force, *limits)
             if on_done:
                 on_done(rows[(m, v)])
     else:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = {pool.submit(run_design, m, v, board.name, str(bench_dir), force): (m, v) for m, v in order}
+            futures = {pool.submit(run_design, m, v, board.name, str(bench_dir), force, *limits): (m, v)
+                       for m, v in order}
             for fut in as_completed(futures):
                 rows[futures[fut]] = fut.result()
                 if on_done:
@@ -192,14 +193,15 @@ def run_benchmark(board_name: str = "pynq-z2", bench_dir: Path = Path("build/ben
     ordered = [rows[d] for d in designs]
     wall = time.time() - t0
     report = {"board": board.name, "part": board.part, "clock_mhz": board.clock_mhz,
-              "limits": {"LUT": board.lut_max, "BRAM": board.bram_max}, "wall_seconds": round(wall, 1),
+              "limits": {"LUT": board.lut_max if lut_max is None else lut_max,
+                         "BRAM": board.bram_max if bram_max is None else bram_max}, "wall_seconds": round(wall, 1),
               "jobs": jobs, "rows": ordered}
     write_json(bench_dir / "benchmark.json", report)
     write_text(bench_dir / "benchmark.md", markdown_table(report) + "\n")
     return report
 
 
-def _acc(row: dict) -> str:
+def accuracy_text(row: dict) -> str:
     return f"{100 * row['accuracy']:.1f} %" if row.get("accuracy") is not None and row["accuracy"] <= 1 else \
         (f"{row['accuracy']:.1f} %" if row.get("accuracy") is not None else "untrained")
 
@@ -214,9 +216,9 @@ def markdown_table(report: dict) -> str:
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
         if r.get("error"):
-            lines.append(f"| {r['title']} | {r['variant']} | {_acc(r)} | does not fit | – | – | – | – | – |")
+            lines.append(f"| {r['title']} | {r['variant']} | {accuracy_text(r)} | does not fit | – | – | – | – | – |")
             continue
-        lines.append(f"| {r['title']} | {r['variant']} | {_acc(r)} | {r['fps']:,.0f} | {r['latency_ms']:.2f} ms | "
+        lines.append(f"| {r['title']} | {r['variant']} | {accuracy_text(r)} | {r['fps']:,.0f} | {r['latency_ms']:.2f} ms | "
                      f"{r['LUT_pct']:.1f} | {r['BRAM_pct']:.1f} | {r['compute_bound_pct']:.1f} | "
                      f"{r['binary_macs'] / 1e6:.1f} |")
     ok = [r for r in report["rows"] if not r.get("error")]
@@ -290,48 +292,3 @@ def plot(report: dict, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def print_report(report: dict, console) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"bnnflow benchmark on {report['board']} ({report['clock_mhz']:.0f} MHz)")
-    for col in ("model", "variant", "top-1", "est. FPS", "lat. ms", "LUT%", "BRAM%", "MMAC/img", "bound%", "s"):
-        table.add_column(col, justify="left" if col in ("model", "variant") else "right")
-    for r in report["rows"]:
-        if r.get("error"):
-            table.add_row(r["title"], r["variant"], _acc(r), "[red]does not fit[/]", "", "", "", "", "",
-                          f"{r['seconds']:.0f}")
-            continue
-        table.add_row(r["title"], r["variant"], _acc(r).replace("untrained", "untr."), f"{r['fps']:,.0f}", f"{r['latency_ms']:.2f}",
-                      f"{r['LUT_pct']:.1f}", f"{r['BRAM_pct']:.1f}", f"{r['binary_macs'] / 1e6:.1f}",
-                      f"{r['compute_bound_pct']:.1f}", f"{r['seconds']:.0f}" + (" (cached)" if r.get("cached") else ""))
-    console.print(table)
-    for r in report["rows"]:
-        if r.get("error"):
-            console.print(f"[yellow]{r['title']}/{r['variant']}:[/] {r['error']}")
-
-
-def cmd_benchmark(args) -> int:
-    from rich.console import Console
-
-    console = Console()
-    t0 = time.time()
-
-    def done(row: dict) -> None:
-        what = "cached" if row.get("cached") else ("does not fit" if row.get("error") else f"{row['fps']:,.0f} FPS")
-        console.print(f"  {row['title']}/{row['variant']}: {what} ({row['seconds']:.0f} s, "
-                      f"{time.time() - t0:.0f} s elapsed)")
-
-    console.print(f"Benchmarking {len(_select(args.only))} designs with {args.jobs} processes; builds cached in "
-                  f"{args.dir}.")
-    report = run_benchmark(args.board, args.dir, args.jobs, args.only, args.force, console, on_done=done)
-    print_report(report, console)
-    png = plot(report, args.plot or Path(args.dir) / "benchmark.png")
-    print()
-    print(markdown_table(report))
-    print()
-    console.print(f"Plot: {png}; table: {Path(args.dir) / 'benchmark.md'}; data: {Path(args.dir) / 'benchmark.json'}.")
-    console.print(f"Wall time: {report['wall_seconds']:.0f} s ({report['wall_seconds'] / 60:.1f} min) with "
-                  f"{args.jobs} processes.")
-    return 0

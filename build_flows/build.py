@@ -1,143 +1,137 @@
-"""`bnnflow build`: checkpoint (or calibrated random weights) -> QONNX -> FINN build folder."""
+"""Builds: a `BuildRequest` in, a build folder out (checkpoint -> QONNX -> FINN steps).
+
+`run_build` runs one request as the user spelled it (fresh, --resume or --from-step);
+`ensure_build` is what every other command uses: reuse the folder when it already holds the
+requested build up to the step the command needs, continue it when it stopped earlier, and
+otherwise build. Both check the folder's saved `BuildIdentity` first, so a folder built for
+another board, other weights or another folding is never silently reused.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 
 from bnnflow.atomic import write_json
 from bnnflow.errors import BnnflowError, Interrupted, MissingToolError
 from bnnflow.hw.boards import Board, get_board
-from bnnflow.models.checkpoint import calibrate, file_sha256, load_checkpoint, save_checkpoint
+from bnnflow.models.checkpoint import save_checkpoint
 from bnnflow.models.export import export_model
-from bnnflow.models.tie_guard import guard_rounding_ties
-from bnnflow.models.zoo import build_model, get_variant, weight_summary
+from bnnflow.models.zoo import get_variant, weight_summary
 
 from . import flow
+from .build_folding import AUTO_FOLDING_FILE, fold_build
 from .estimates import print_summary, summarize
+from .identity import (AUTO_FOLDING, BuildIdentity, BuildRequest, committed_folding, default_build_dir,
+                       request_identity, saved_identity)
+from .network import load_request_checkpoint, prepare_network
 
-BREVITAS_FILE = "model.brevitas.pt"
-FOLDING_DIR = Path(__file__).resolve().parent.parent / "hw" / "folding"
+BREVITAS_FILE = flow.BREVITAS_FILE
 
-
-@dataclass
-class BuildRequest:
-    model: str
-    variant: str = "default"
-    board: str = "pynq-z2"
-    checkpoint: Path | None = None
-    out: Path | None = None
-    resume: bool = False
-    from_step: str | None = None
-    stop_after: str | None = None
-    force: bool = False
-    target_fps: int | None = None
-    folding: Path | None = None
-    seed: int = 0
+__all__ = ["BuildRequest", "run_build", "ensure_build", "show_result", "BREVITAS_FILE", "AUTO_FOLDING",
+           "prepare_network", "check_target_fps", "default_build_dir"]
 
 
-def default_out(model: str, variant: str, board: str) -> Path:
-    return Path("build") / f"{model}-{variant}-{board}"
+# ---------------------------------------------------------------------------- the request, checked
 
 
-AUTO_FOLDING = "auto"  # --folding auto: bnnflow's folding search after specialize_layers
+def folding_file(req: BuildRequest, board: Board, out: Path) -> Path | None:
+    """The folding config the folding step applies: --folding FILE, the search's file for "auto",
+    the board's committed config, or None (FINN's target_fps)."""
+    if req.auto_folding:
+        return out / AUTO_FOLDING_FILE  # written by the search once the graph is specialised
+    if req.folding is not None:
+        if not Path(req.folding).is_file():
+            raise BnnflowError(f"Folding config {req.folding} does not exist: pass a JSON file like those in "
+                               "hw/folding/.")
+        return Path(req.folding).resolve()
+    if req.target_fps is not None:
+        return None
+    return committed_folding(req.model, req.variant, board.name)
 
 
-def folding_file(model: str, variant: str, board: Board, override: Path | None,
-                 out: Path | None = None) -> Path | None:
-    if override is not None and str(override) == AUTO_FOLDING and out is not None:
-        from .folding import AUTO_FOLDING_FILE
-
-        return Path(out) / AUTO_FOLDING_FILE  # written by the search once the graph is specialised
-    if override is not None:
-        if not Path(override).is_file():
-            raise BnnflowError(f"Folding config {override} does not exist: pass a JSON file like those in hw/folding/.")
-        return Path(override).resolve()
-    path = FOLDING_DIR / board.name / f"{model}-{variant}.json"
-    return path if path.is_file() else None
+def wanted_identity(req: BuildRequest, board: Board, fold: Path | None) -> BuildIdentity:
+    return request_identity(req, board, Path(AUTO_FOLDING) if req.auto_folding else fold)
 
 
-def _load_checkpoint(req: BuildRequest) -> tuple:
-    """load_checkpoint, with a payload of the right format but damaged fields also one sentence."""
-    try:
-        net, payload = load_checkpoint(req.checkpoint, req.model, req.variant)
-        if not isinstance(payload.get("meta", {}), dict):
-            raise TypeError("meta")
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise BnnflowError(f"Checkpoint {req.checkpoint} is damaged (its {exc} entry is missing or of the wrong "
-                           "type): re-create it with 'bnnflow train'.") from None
-    return net, payload
+def check_target_fps(target_fps: int | None, board: Board) -> None:
+    limit = int(board.clock_mhz * 1e6)  # one image per clock cycle
+    if target_fps is not None and not 0 < target_fps <= limit:
+        raise BnnflowError(f"--target-fps must be a frame rate from 1 to {limit:,} (one image per cycle of the "
+                           f"{board.clock_mhz:.0f} MHz clock), not {target_fps}.")
 
 
-def prepare_network(req: BuildRequest, console: Console, loaded: tuple | None = None):
-    """The Brevitas network to build (checkpoint, else calibrated random weights), tie-guarded.
-    `loaded`: the (net, payload) of req.checkpoint when the caller has loaded it already."""
-    net, origin = _load_or_init(req, console, loaded)
-    origin["tie_guard"] = guard_rounding_ties(net)
-    return net, origin
+def keep_saved_folding(req: BuildRequest, state: dict) -> BuildRequest:
+    """A request that names no folding and no budget continues with the folder's own."""
+    if req.folding is None and req.target_fps is None and state.get("model") is not None:
+        saved = state.get("folding")
+        if saved is not None:
+            req = replace(req, folding=Path(AUTO_FOLDING) if state.get("auto_folding") else Path(saved))
+        elif state.get("target_fps") is not None:
+            req = replace(req, target_fps=int(state["target_fps"]))
+    budget = state.get("budget") or {}
+    if req.lut_max is None and req.bram_max is None and budget:
+        req = replace(req, lut_max=budget.get("lut_max"), bram_max=budget.get("bram_max"))
+    return req
 
 
-def _load_or_init(req: BuildRequest, console: Console, loaded: tuple | None = None):
-    if req.checkpoint is not None:
-        net, payload = loaded or _load_checkpoint(req)
-        return net, {"checkpoint": str(req.checkpoint), "checkpoint_sha256": file_sha256(req.checkpoint),
-                     "accuracy": payload.get("meta", {}).get("test_top1")}
-    import torch
-
-    from bnnflow.models.data import load_cifar10
-
-    torch.manual_seed(req.seed)
-    net = build_model(req.model, req.variant)
-    try:
-        images, _ = load_cifar10(None, "train")
-        source = "CIFAR-10 training images"
-    except BnnflowError:
-        images = np.random.default_rng(req.seed).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
-        source = "random pixels (no CIFAR-10 copy found)"
-    calibrate(net, images, seed=req.seed)
-    console.print(f"[yellow]No checkpoint given: building random weights (seed {req.seed}) with batch-norm "
-                  f"statistics calibrated on {source}.[/]")
-    return net, {"checkpoint": None, "seed": req.seed, "calibration": source, "accuracy": None}
+def _mismatch(out: Path, have: BuildIdentity, want: BuildIdentity, fields: list[str], fix: str) -> BnnflowError:
+    return BnnflowError(f"Build folder {out} holds another build ({have.describe_difference(want, fields)}): {fix}.")
 
 
-def plan_folder(req: BuildRequest, out: Path) -> str:
-    """Decide the first step; refuse to touch an existing build unless asked."""
+# ---------------------------------------------------------------------------- where to start
+
+
+def plan_start(req: BuildRequest, out: Path, state: flow.BuildState, want: BuildIdentity,
+               console: Console) -> str:
+    """The first step to run; refuses to touch an existing build unless asked, or one built differently."""
+    if not (req.from_step or req.resume):
+        if out.exists() and any(out.iterdir()) and not req.force:
+            raise BnnflowError(f"Build folder {out} already exists: pass --resume to continue it, --from-step to "
+                               "redo part of it, --force to replace it, or another --build.")
+        return flow.EXPORT  # with --force, run_build sets the old build aside until this one ends
     if req.from_step:
         flow.step_index(req.from_step)
         if not out.exists():
-            raise BnnflowError(f"Build folder {out} does not exist, so there is nothing to restart from step {req.from_step}.")
-        return req.from_step
-    if req.resume:
-        state = flow.BuildState(out)
-        if not state.path.exists():
-            raise BnnflowError(f"There is no build to resume in {out}: run 'bnnflow build' without --resume first.")
-        done = state.done
-        if not done:
-            return flow.STEP_NAMES[0]
-        nxt = flow.STEP_NAMES.index(done[-1]) + 1
-        if nxt >= len(flow.STEP_NAMES):
-            raise BnnflowError(f"The build in {out} already finished every step; use --from-step to redo one.")
-        return flow.STEP_NAMES[nxt]
-    if out.exists() and any(out.iterdir()) and not req.force:
-        raise BnnflowError(f"Build folder {out} already exists: pass --resume to continue it, --from-step to redo "
-                           "part of it, --force to replace it, or --out for a new folder.")
-    return "export"  # with --force, run_build sets the old build aside and deletes it only once this one ends
+            raise BnnflowError(f"Build folder {out} does not exist, so there is nothing to restart from step "
+                               f"{req.from_step}.")
+    elif not state.path.exists():
+        raise BnnflowError(f"There is no build to resume in {out}: run 'bnnflow build' without --resume first.")
+    have = saved_identity(state.data)
+    if have is not None:
+        differ = have.differences(want, BuildIdentity.BEFORE_FOLDING)
+        if differ:
+            raise _mismatch(out, have, want, differ, "pass the matching flags, --force to rebuild it, "
+                                                     "or another --build")
+    start = req.from_step or _next_step(out, state)
+    new_folding = have is not None and have.differences(want, BuildIdentity.FOLDING_FIELDS)
+    if new_folding and flow.step_index(start) > flow.step_index(flow.FOLDING_STEP):
+        console.print(f"The folding differs from the one this build used, so it restarts at {flow.FOLDING_STEP}.")
+        start = flow.FOLDING_STEP
+    return start
+
+
+def _next_step(out: Path, state: flow.BuildState) -> str:
+    done = state.done
+    if not done:
+        return flow.STEP_NAMES[0]
+    nxt = flow.STEP_NAMES.index(done[-1]) + 1
+    if nxt >= len(flow.STEP_NAMES):
+        raise BnnflowError(f"The build in {out} already finished every step; use --from-step to redo one.")
+    return flow.STEP_NAMES[nxt]
 
 
 def _check_folding_early(req: BuildRequest, out: Path, fold: Path | None, board: Board, start: str) -> None:
-    """A folding config given as a file is read now, and checked against the graph the folding step will
-    see when this folder already holds it, so a bad config fails before anything is replaced."""
-    late = start != "export" and flow.step_index(start) > flow.step_index("apply_folding_config")
-    if req.folding is not None and late:
-        raise BnnflowError(f"--folding takes effect in step apply_folding_config, which a build starting at {start} "
-                           "skips: pass --from-step apply_folding_config (or an earlier step).")
-    if fold is None or not fold.is_file() or late:
+    """A folding config given as a file is checked against the graph the folding step will see when
+    this folder already holds it, so a bad config fails before anything is replaced."""
+    if fold is None or not fold.is_file() or req.auto_folding:
+        return
+    if start != flow.EXPORT and flow.step_index(start) > flow.step_index(flow.APPLY_FOLDING_STEP):
         return
     from qonnx.core.modelwrapper import ModelWrapper
 
@@ -147,40 +141,41 @@ def _check_folding_early(req: BuildRequest, out: Path, fold: Path | None, board:
     data = flow.BuildState(out, strict=not req.force).data if out.is_dir() else {}
     if (data.get("model"), data.get("variant")) != (req.model, req.variant):
         return  # no graph of this model here: the flow checks it right before the folding step
-    for step in ("target_fps_parallelization", "specialize_layers"):
+    for step in (flow.FOLDING_STEP, flow.SPECIALISED_STEP):
         path = flow.intermediate_path(out, step)
         if path.is_file():
             check_folding(ModelWrapper(str(path)), config, f"Folding config {fold.name}", board.uram)
             return
 
 
-def _set_aside(out: Path) -> Path:
-    backup = out.with_name(f".{out.name}.replaced")
-    shutil.rmtree(backup, ignore_errors=True)
-    os.replace(out, backup)
-    return backup
+# ---------------------------------------------------------------------------- running
 
 
 def run_build(req: BuildRequest, console: Console | None = None) -> dict:
+    """Run `req` as spelled; every input is checked before an existing build may be replaced (--force)."""
     console = console or Console()
     get_variant(req.model, req.variant)
     board = get_board(req.board)
-    out = Path(req.out or default_out(req.model, req.variant, board.name)).resolve()
-    # every input is checked before plan_folder may replace an existing build (--force)
+    board.budget(req.lut_max, req.bram_max)  # validates the limits
+    out = Path(req.out or default_build_dir(req.model, req.variant, board.name)).resolve()
     stop = req.stop_after or flow.STEP_NAMES[-1]
     flow.step_index(stop)
     check_target_fps(req.target_fps, board)
-    fold = folding_file(req.model, req.variant, board, req.folding, out)
-    loaded = None
-    if req.checkpoint is not None and not (req.resume or req.from_step):
-        loaded = _load_checkpoint(req)
-    start = plan_folder(req, out)
+    state = flow.BuildState(out, strict=not req.force) if out.is_dir() else flow.BuildState(out)
+    if req.resume or req.from_step:
+        req = keep_saved_folding(req, state.data)
+    fold = folding_file(req, board, out)
+    want = wanted_identity(req, board, fold)
+    have = saved_identity(state.data)
+    if req.any_weights and have is not None and (req.resume or req.from_step):
+        want = replace(want, weights=have.weights)  # the folder's own weights, whatever they are
+    loaded = load_request_checkpoint(req) if req.checkpoint is not None and not (req.resume or req.from_step) \
+        else None
+    start = plan_start(req, out, state, want, console)
     _check_folding_early(req, out, fold, board, start)
-    auto = req.folding is not None and str(req.folding) == AUTO_FOLDING
-    cfg = flow.make_config(out, board, fold, req.target_fps)
-    backup = _set_aside(out) if start == "export" and out.exists() and any(out.iterdir()) else None
+    backup = _set_aside(out) if start == flow.EXPORT and out.exists() and any(out.iterdir()) else None
     try:
-        result = _run(req, console, board, out, fold, loaded, start, stop, auto, cfg)
+        result = _run(req, console, board, out, fold, want, loaded, start, stop)
     except BaseException as exc:
         if backup is None:
             raise
@@ -194,79 +189,142 @@ def run_build(req: BuildRequest, console: Console | None = None) -> dict:
     return result
 
 
-def check_target_fps(target_fps: int | None, board: Board) -> None:
-    limit = int(board.clock_mhz * 1e6)  # one image per clock cycle
-    if target_fps is not None and not 0 < target_fps <= limit:
-        raise BnnflowError(f"--target-fps must be a frame rate from 1 to {limit:,} (one image per cycle of the "
-                           f"{board.clock_mhz:.0f} MHz clock), not {target_fps}.")
+def _set_aside(out: Path) -> Path:
+    backup = out.with_name(f".{out.name}.replaced")
+    shutil.rmtree(backup, ignore_errors=True)
+    os.replace(out, backup)
+    return backup
 
 
-def _run(req: BuildRequest, console: Console, board: Board, out: Path, fold: Path | None, loaded, start: str,
-         stop: str, auto: bool, cfg) -> dict:
+def _record_folding(state: flow.BuildState, req: BuildRequest, board: Board, fold: Path | None,
+                    want: BuildIdentity) -> None:
+    """The folding and budget this run applies become the build's own (deploy's manifest reads them)."""
+    lut, bram = (req.lut_max if req.lut_max is not None else board.lut_max,
+                 req.bram_max if req.bram_max is not None else board.bram_max)
+    state.data.update({"folding": str(fold) if fold else None, "auto_folding": req.auto_folding,
+                       "target_fps": None if fold else (req.target_fps or board.default_target_fps),
+                       "budget": {"lut_max": lut, "bram_max": bram}, "identity": want.as_dict()})
+    state.save()
+
+
+def _export(req: BuildRequest, console: Console, board: Board, out: Path, state: flow.BuildState, loaded) -> None:
+    net, origin = prepare_network(req, console, loaded)
+    with console.status("Exporting QONNX..."):
+        export_model(net, out / flow.QONNX_FILE)
+    # the exact Brevitas weights of this build, so `verify --build` compares like with like
+    save_checkpoint(out / BREVITAS_FILE, net, req.model, req.variant, meta=origin)
+    state.data = {"model": req.model, "variant": req.variant, "board": board.name, "done": [],
+                  "weights": weight_summary(net), **origin}
+
+
+def _run(req: BuildRequest, console: Console, board: Board, out: Path, fold: Path | None, want: BuildIdentity,
+         loaded, start: str, stop: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     state = flow.BuildState(out)
     t_start = time.time()
-    if start == "export":
-        net, origin = prepare_network(req, console, loaded)
-        with console.status("Exporting QONNX..."):
-            export_model(net, out / flow.QONNX_FILE)
-        # the exact Brevitas weights of this build, so `verify --build` compares like with like
-        save_checkpoint(out / BREVITAS_FILE, net, req.model, req.variant, meta=origin)
-        state.data = {"model": req.model, "variant": req.variant, "board": board.name, "done": [],
-                      "folding": str(fold) if fold else None,
-                      "target_fps": None if fold else (req.target_fps or board.default_target_fps),
-                      "weights": weight_summary(net), **origin}
-        state.save()
+    if start == flow.EXPORT:
+        _export(req, console, board, out, state, loaded)
         start = flow.STEP_NAMES[0]
-    else:
-        if state.data.get("model") not in (None, req.model) or state.data.get("variant") not in (None, req.variant):
-            raise BnnflowError(f"Build folder {out} holds {state.data.get('model')}/{state.data.get('variant')}, "
-                               f"not {req.model}/{req.variant}: pass that model or another --out.")
+    if flow.step_index(start) <= flow.step_index(flow.FOLDING_STEP):
+        _record_folding(state, req, board, fold, want)
+    cfg = flow.make_config(out, board, fold, req.target_fps)
     folding_note = f"folding config {fold.name}" if fold else f"FINN target_fps={cfg.target_fps}"
     console.print(f"Building [bold]{req.model}/{req.variant}[/] for [bold]{board.name}[/] ({board.part}, "
                   f"{board.clock_mhz:.0f} MHz, {folding_note}) in {out}")
-    counter = {"i": 0}
-    total = flow.step_index(stop) - flow.step_index(start) + 1
-    status = console.status("")
-    status.start()
-    t_step = [time.time()]
-
-    def on_step(step: flow.Step, phase: str) -> None:
-        if phase == "start":
-            counter["i"] += 1
-            t_step[0] = time.time()
-            status.update(f"[{counter['i']}/{total}] {step.title} ({step.name})...")
-        else:
-            console.print(f"  [green]done[/] [{counter['i']}/{total}] {step.title:<34} {time.time() - t_step[0]:6.1f} s")
-            if auto and step.name == "specialize_layers":
-                _auto_fold(out, board, req, console)
-
     stopped = None
     try:
-        if auto and flow.step_index(start) > flow.step_index("specialize_layers") and not fold.exists():
-            _auto_fold(out, board, req, console)
-        flow.run_steps(out, cfg, start, stop, on_step)
+        late = flow.step_index(start) > flow.step_index(flow.FOLDING_STEP)
+        if req.auto_folding and (start == flow.FOLDING_STEP or (late and not fold.exists())):
+            _auto_fold(out, board, req, console)  # the specialised graph is there: fold it for this budget
+        _run_steps_with_progress(req, console, board, out, cfg, start, stop)
     except MissingToolError as exc:
         stopped = exc
-    finally:
-        status.stop()
     # reached only when every step ran (or a tool is missing): a failed step leaves summary.json as it was
-    summary = summarize(out, board)
+    summary = summarize(out, board, board.budget(req.lut_max, req.bram_max))
     if summary:
         write_json(out / "summary.json", summary)
-        summary["weights"] = state.data.get("weights") or flow.BuildState(out).data.get("weights")
+        summary["weights"] = flow.BuildState(out).data.get("weights")
     console.print(f"{'Stopped' if stopped else 'Finished'} after {time.time() - t_start:.0f} s.")
     return {"out": out, "summary": summary, "board": board, "stopped": stopped}
 
 
-def _auto_fold(out: Path, board: Board, req: BuildRequest, console: Console) -> None:
-    from .folding import fold_build
+def _run_steps_with_progress(req: BuildRequest, console: Console, board: Board, out: Path, cfg, start: str,
+                             stop: str) -> None:
+    total = flow.step_index(stop) - flow.step_index(start) + 1
+    counter = {"i": 0, "t": time.time()}
+    status = console.status("")
 
+    def on_step(step: flow.Step, phase: str) -> None:
+        if phase == "start":
+            counter["i"] += 1
+            counter["t"] = time.time()
+            status.update(f"[{counter['i']}/{total}] {step.title} ({step.name})...")
+            return
+        console.print(f"  [green]done[/] [{counter['i']}/{total}] {step.title:<34} "
+                      f"{time.time() - counter['t']:6.1f} s")
+        if req.auto_folding and step.name == flow.SPECIALISED_STEP:
+            _auto_fold(out, board, req, console)
+
+    status.start()
+    try:
+        flow.run_steps(out, cfg, start, stop, on_step)
+    finally:
+        status.stop()
+
+
+def _auto_fold(out: Path, board: Board, req: BuildRequest, console: Console) -> None:
     t0 = time.time()
-    result, path = fold_build(out, board, name=f"{req.model}/{req.variant}")
+    result, path = fold_build(out, board, lut_max=req.lut_max, bram_max=req.bram_max,
+                              name=f"{req.model}/{req.variant}")
     ev = result.evaluation
     console.print(f"  [green]done[/] folding search: {ev.fps:,.0f} FPS estimated, LUT {ev.total['LUT']:,.0f}, "
                   f"BRAM18 {ev.total['BRAM_18K']:.0f} (FIFOs included) -> {path.name} {time.time() - t0:6.1f} s")
+
+
+# ---------------------------------------------------------------------------- reuse
+
+
+def ensure_build(req: BuildRequest, until: str, console: Console | None = None,
+                 replace_other: bool = False) -> tuple[Path, bool, dict | None]:
+    """The build folder of `req` with every step up to `until` done: reused when it holds this build
+    that far, continued when it stopped earlier (or restarted at the folding step when only the
+    folding or budget differ), built otherwise. Returns (folder, reused?, run_build's result or None).
+
+    A folder holding another network, variant, board or weights is refused unless req.force (or
+    replace_other, for caches that own their folders); req.any_weights accepts whatever weights it holds.
+    """
+    console = console or Console(quiet=True)
+    board = get_board(req.board)
+    flow.step_index(until)
+    out = Path(req.out or default_build_dir(req.model, req.variant, board.name)).resolve()
+    req = replace(req, out=out, stop_after=until, resume=False, from_step=None)
+    state = flow.BuildState(out, strict=not req.force)
+    have = saved_identity(state.data) if not req.force else None
+    if have is None:
+        if out.is_dir() and any(out.iterdir()) and not req.force:
+            raise BnnflowError(f"Build folder {out} is not a bnnflow build: pass --force to replace it, "
+                               "or another --build.")
+        return out, False, run_build(replace(req, force=True), console)
+    req = keep_saved_folding(req, state.data)
+    want = wanted_identity(req, board, folding_file(req, board, out))
+    if req.any_weights:
+        want = replace(want, weights=have.weights)
+    differ = have.differences(want, BuildIdentity.BEFORE_FOLDING)
+    if differ and replace_other:
+        return out, False, run_build(replace(req, force=True), console)
+    if differ:
+        raise _mismatch(out, have, want, differ, "pass --force to rebuild it there, or another --build")
+    refold = flow.step_index(until) >= flow.step_index(flow.FOLDING_STEP) and \
+        have.differences(want, BuildIdentity.FOLDING_FIELDS)
+    done = state.done
+    if not done:
+        return out, False, run_build(replace(req, force=True), console)
+    nxt = flow.STEP_NAMES.index(done[-1]) + 1
+    waits_for_tool = nxt < len(flow.STEPS) and not flow.tool_available(flow.STEPS[nxt].tool)
+    if not refold and ((until in done and flow.intermediate_path(out, until).is_file()) or waits_for_tool):
+        return out, True, None
+    start = flow.FOLDING_STEP if refold and nxt > flow.step_index(flow.FOLDING_STEP) else flow.STEP_NAMES[nxt]
+    return out, False, run_build(replace(req, from_step=start), console)
 
 
 def show_result(result: dict, console: Console) -> None:

@@ -16,13 +16,16 @@ from bnnflow.hw.boards import Board
 
 from . import flow
 from .flow import read_report
+from .resources import design_total, stream_resources
+from .resources import fits as design_fits
 
 # finn-plus 1.6.1's estimator returns LUT = 0 for these ops, so LUT totals undercount.
 LUT_UNMODELLED = ("DuplicateStreams", "ElementwiseAdd", "Pool", "StreamingConcat", "FMPadding", "LabelSelect")
 
 
-def summarize(out_dir: Path, board: Board) -> dict:
-    """Collect FINN's estimate reports of a build into one dict (also written as summary.json)."""
+def summarize(out_dir: Path, board: Board, budget: dict[str, float] | None = None) -> dict:
+    """Collect FINN's estimate reports of a build into one dict (also written as summary.json);
+    `budget`: what the design must fit (default: the board's)."""
     res = read_report(out_dir, "estimate_layer_resources.json")
     cycles = read_report(out_dir, "estimate_layer_cycles.json")
     perf = read_report(out_dir, "estimate_network_performance.json")
@@ -38,11 +41,11 @@ def summarize(out_dir: Path, board: Board) -> dict:
                        "cycles": int(cycles.get(name, 0))})
     layer_total = {k: sum(layer[k] for layer in layers) for k in ("LUT", "BRAM_18K", "DSP", "URAM")}
     streams = _stream_costs(out_dir, board)
-    total = {k: layer_total[k] + streams.get(k, 0) for k in layer_total}
-    budget = board.budget()
+    total = design_total(layer_total, streams)
+    budget = budget or board.budget()
     use = {k: total[k] / (getattr(board, k.lower(), 0) if k != "BRAM_18K" else board.bram18)
            for k in ("LUT", "BRAM_18K", "DSP") if (board.bram18 if k == "BRAM_18K" else getattr(board, k.lower()))}
-    fits = all(total[k] <= budget[k] for k in ("LUT", "BRAM_18K", "DSP"))
+    fits = design_fits(total, budget, ("LUT", "BRAM_18K", "DSP"))
     return {
         "board": board.name, "part": board.part, "clock_mhz": board.clock_mhz,
         "layers": layers, "layer_total": layer_total, "fifo_and_dwc": streams, "total": total,
@@ -67,8 +70,7 @@ def _stream_costs(out_dir: Path, board: Board) -> dict:
     if not path.exists():
         return {}
     plan = graph_fifo_plan(ModelWrapper(str(path)), board.part)
-    return {"LUT": plan.lut, "BRAM_18K": plan.bram, "DSP": 0, "URAM": 0,
-            "fifos": plan.n_streams, "dwcs": plan.n_dwc}
+    return {**stream_resources(plan), "fifos": plan.n_streams, "dwcs": plan.n_dwc}
 
 
 def print_summary(summary: dict, console: Console | None = None, per_layer: bool = True) -> None:

@@ -34,6 +34,7 @@ from . import steps as bnn_steps  # noqa: E402
 
 STATE_FILE = "build_state.json"
 QONNX_FILE = "model.qonnx.onnx"
+BREVITAS_FILE = "model.brevitas.pt"  # the exact Brevitas weights the build exported
 
 VITIS_HLS = "Vitis HLS 2024.2 (XILINX_HLS / vitis_hls or vitis-run on PATH)"
 VIVADO = "Vivado 2024.2 (XILINX_VIVADO / vivado on PATH)"
@@ -74,8 +75,18 @@ STEPS: list[Step] = [
     Step("deployment_package", finn_steps.step_deployment_package, VIVADO, "deployment package"),
 ]
 STEP_NAMES = [s.name for s in STEPS]
-ESTIMATE_STEP = "generate_estimate_reports"
-LAST_TOOL_FREE_STEP = "hw_codegen"
+
+# Step roles, declared once: other modules ask flow for these instead of spelling step names.
+EXPORT = "export"  # the pseudo-step before STEPS: Brevitas -> QONNX (model.qonnx.onnx)
+STREAMLINED_STEP = "insert_topk"  # integer thresholds and top-1: the streamlined graph
+HW_STEP = "minimize_bit_width_initial"  # FINN HW layers, before specialisation
+SPECIALISED_STEP = "specialize_layers"  # HLS/RTL variants chosen: what the folding search folds
+FOLDING_STEP = "target_fps_parallelization"  # the first step whose result depends on the folding
+APPLY_FOLDING_STEP = "apply_folding_config"
+ESTIMATE_STEP = "generate_estimate_reports"  # folded graph + FINN's estimate reports
+FOLDED_STEP = ESTIMATE_STEP  # the specialised, folded graph that verify executes
+CODEGEN_STEP = "hw_codegen"  # HLS/RTL sources: the last step without vendor tools
+LAST_TOOL_FREE_STEP = CODEGEN_STEP
 
 
 def tool_available(tool: str | None) -> bool:
@@ -185,7 +196,7 @@ def run_steps(out_dir: Path, cfg: DataflowBuildConfig, start: str, stop: str,
                 f"Step '{step.name}' ({step.title}) needs {step.tool}, which is not installed: everything up to "
                 f"'{STEP_NAMES[STEP_NAMES.index(step.name) - 1]}' is in {out_dir}, and "
                 f"'bnnflow build ... --resume' continues from here once the tool is set up.")
-        if step.name == "apply_folding_config" and cfg.folding_config_file:
+        if step.name == APPLY_FOLDING_STEP and cfg.folding_config_file:
             from .folding_check import check_folding_file
 
             check_folding_file(model, Path(cfg.folding_config_file), cfg.fpga_part)  # before FINN touches it

@@ -174,74 +174,87 @@ def check_folding(model: ModelWrapper, config: dict, source: str = "Folding conf
     model = model.transform(GiveUniqueNodeNamesRecursive())
     nodes = {n.name: n for n in model.graph.node}
     hw = sorted(n.name for n in model.graph.node if is_custom_op(n.domain, n.op_type))
-    touched = []
-    for name, entry in config.items():
-        if name == "Defaults":
-            continue
-        node = nodes.get(name)
-        if node is None:
-            raise BnnflowError(f"{source} names layer '{_q(name)}', which this model does not have: its layers are "
-                               f"{_values(hw)}.")
-        if not is_custom_op(node.domain, node.op_type):
-            raise BnnflowError(f"{source} sets attributes on '{_q(name)}' ({node.op_type}), which is not a FINN HW "
-                               f"layer and has none: the HW layers are {_values(hw)}.")
-        inst = getCustomOp(node)
-        types = inst.get_nodeattr_types()
-        for attr, value in entry.items():
-            if attr not in types:
-                raise BnnflowError(f"{source}: layer '{name}' ({node.op_type}) has no attribute '{_q(attr)}'; its "
-                                   f"attributes are {_values(types)}.")
-            dtype, _, _, allowed = inst.get_nodeattr_def(attr)
-            if not _type_ok(dtype, value):
-                raise BnnflowError(f"{source}: {_q(attr)}={json.dumps(value)} on layer '{_q(name)}' must be "
-                                   f"{_TYPE_WORDS.get(dtype, dtype)}.")
-            if allowed is not None and value not in allowed:
-                raise BnnflowError(f"{source}: {_q(attr)}={json.dumps(value)} on layer '{_q(name)}' ({node.op_type}) is "
-                                   f"not supported there; allowed: {_values(allowed)}.")
-            if attr in FOLD_ATTRS and value < 1:
-                raise BnnflowError(f"{source}: {attr}={value} on layer '{_q(name)}' must be a positive integer.")
-            if attr in FIFO_ATTRS and any(d < 1 for d in value):
-                raise BnnflowError(f"{source}: {attr}={value} on layer '{_q(name)}' must hold positive FIFO depths.")
-            if attr.startswith("ram_style") and value == "ultra" and uram == 0:
-                raise BnnflowError(f"{source}: {attr}=\"ultra\" on layer '{_q(name)}' needs UltraRAM, which this "
-                                   "board's FPGA does not have; use \"block\", \"distributed\" or \"auto\".")
-            try:
-                inst.set_nodeattr(attr, value)
-            except Exception as exc:  # noqa: BLE001 - qonnx's own type/value check
-                raise BnnflowError(f"{source}: {_q(attr)}={json.dumps(value)} on layer '{_q(name)}' is refused by FINN "
-                                   f"({str(exc).rstrip('.')}).") from None
-        touched.append(name)
+    touched = [name for name in config if name != "Defaults"]
+    for name in touched:
+        _check_layer(nodes, hw, name, config[name], source, uram)
     if "Defaults" in config:
-        from finn.transformation.general import ApplyConfig
-
-        try:
-            model = model.transform(ApplyConfig(config))
-        except Exception as exc:  # noqa: BLE001
-            raise BnnflowError(f"{source}: its Defaults cannot be applied ({str(exc).rstrip('.')}).") from None
-        touched = hw
+        model, touched = _apply_defaults(model, config, source), hw
         nodes = {n.name: n for n in model.graph.node}
     for name in touched:
-        inst = getCustomOp(nodes[name])
-        entry = config.get(name, {})
-        if _shapes_ok(inst, model):
-            if _base_op(nodes[name].op_type) == "ConvolutionInputGenerator" and inst.get_nodeattr("parallel_window") \
-                    and inst.get_nodeattr("SIMD") != inst.get_nodeattr("IFMChannels"):
-                raise BnnflowError(f"{source}: layer '{name}' has parallel_window=1, which needs SIMD equal to its "
-                                   f"{inst.get_nodeattr('IFMChannels')} input channels, not "
-                                   f"SIMD={inst.get_nodeattr('SIMD')}.")
-            continue
-        attrs = [a for a in FOLD_ATTRS if a in inst.get_nodeattr_types()]
-        for attr in sorted(attrs, key=lambda a: a not in entry):
-            legal = _legal(inst, model, attr, attrs)
-            if inst.get_nodeattr(attr) not in legal:
-                dim = FOLD_DIMS.get((_base_op(nodes[name].op_type), attr))
-                why = f" (the divisors of {dim}={inst.get_nodeattr(dim)})" if dim else ""
-                raise BnnflowError(f"{source}: {attr}={inst.get_nodeattr(attr)} on layer '{_q(name)}' "
-                                   f"({nodes[name].op_type}) does not divide its channels; allowed {attr} values "
-                                   f"are {_values(legal) or 'none'}{why}.")
-        raise BnnflowError(f"{source}: FINN cannot fold layer '{name}' ({nodes[name].op_type}) with "
-                           f"{', '.join(f'{a}={inst.get_nodeattr(a)}' for a in attrs) or 'these attributes'}: "
-                           "choose PE/SIMD values that divide its channel counts.")
+        _check_shapes(model, nodes[name], config.get(name, {}), source)
+
+
+def _check_layer(nodes: dict, hw: list[str], name: str, entry: dict, source: str, uram: int | None) -> None:
+    """The layer exists, is a HW layer, and takes every attribute value the config sets (set on the copy)."""
+    node = nodes.get(name)
+    if node is None:
+        raise BnnflowError(f"{source} names layer '{_q(name)}', which this model does not have: its layers are "
+                           f"{_values(hw)}.")
+    if not is_custom_op(node.domain, node.op_type):
+        raise BnnflowError(f"{source} sets attributes on '{_q(name)}' ({node.op_type}), which is not a FINN HW "
+                           f"layer and has none: the HW layers are {_values(hw)}.")
+    inst = getCustomOp(node)
+    types = inst.get_nodeattr_types()
+    for attr, value in entry.items():
+        if attr not in types:
+            raise BnnflowError(f"{source}: layer '{name}' ({node.op_type}) has no attribute '{_q(attr)}'; its "
+                               f"attributes are {_values(types)}.")
+        _check_value(inst, node, name, attr, value, source, uram)
+        try:
+            inst.set_nodeattr(attr, value)
+        except Exception as exc:  # noqa: BLE001 - qonnx's own type/value check
+            raise BnnflowError(f"{source}: {_q(attr)}={json.dumps(value)} on layer '{_q(name)}' is refused by FINN "
+                               f"({str(exc).rstrip('.')}).") from None
+
+
+def _check_value(inst, node, name: str, attr: str, value, source: str, uram: int | None) -> None:
+    dtype, _, _, allowed = inst.get_nodeattr_def(attr)
+    if not _type_ok(dtype, value):
+        raise BnnflowError(f"{source}: {_q(attr)}={json.dumps(value)} on layer '{_q(name)}' must be "
+                           f"{_TYPE_WORDS.get(dtype, dtype)}.")
+    if allowed is not None and value not in allowed:
+        raise BnnflowError(f"{source}: {_q(attr)}={json.dumps(value)} on layer '{_q(name)}' ({node.op_type}) is "
+                           f"not supported there; allowed: {_values(allowed)}.")
+    if attr in FOLD_ATTRS and value < 1:
+        raise BnnflowError(f"{source}: {attr}={value} on layer '{_q(name)}' must be a positive integer.")
+    if attr in FIFO_ATTRS and any(d < 1 for d in value):
+        raise BnnflowError(f"{source}: {attr}={value} on layer '{_q(name)}' must hold positive FIFO depths.")
+    if attr.startswith("ram_style") and value == "ultra" and uram == 0:
+        raise BnnflowError(f"{source}: {attr}=\"ultra\" on layer '{_q(name)}' needs UltraRAM, which this "
+                           "board's FPGA does not have; use \"block\", \"distributed\" or \"auto\".")
+
+
+def _apply_defaults(model: ModelWrapper, config: dict, source: str) -> ModelWrapper:
+    from finn.transformation.general import ApplyConfig
+
+    try:
+        return model.transform(ApplyConfig(config))
+    except Exception as exc:  # noqa: BLE001
+        raise BnnflowError(f"{source}: its Defaults cannot be applied ({str(exc).rstrip('.')}).") from None
+
+
+def _check_shapes(model: ModelWrapper, node, entry: dict, source: str) -> None:
+    """The layer's PE/SIMD fold its shapes; otherwise name the allowed values of the first bad one."""
+    inst, name = getCustomOp(node), node.name
+    if _shapes_ok(inst, model):
+        if _base_op(node.op_type) == "ConvolutionInputGenerator" and inst.get_nodeattr("parallel_window") \
+                and inst.get_nodeattr("SIMD") != inst.get_nodeattr("IFMChannels"):
+            raise BnnflowError(f"{source}: layer '{name}' has parallel_window=1, which needs SIMD equal to its "
+                               f"{inst.get_nodeattr('IFMChannels')} input channels, not "
+                               f"SIMD={inst.get_nodeattr('SIMD')}.")
+        return
+    attrs = [a for a in FOLD_ATTRS if a in inst.get_nodeattr_types()]
+    for attr in sorted(attrs, key=lambda a: a not in entry):
+        legal = _legal(inst, model, attr, attrs)
+        if inst.get_nodeattr(attr) not in legal:
+            dim = FOLD_DIMS.get((_base_op(node.op_type), attr))
+            why = f" (the divisors of {dim}={inst.get_nodeattr(dim)})" if dim else ""
+            raise BnnflowError(f"{source}: {attr}={inst.get_nodeattr(attr)} on layer '{_q(name)}' "
+                               f"({node.op_type}) does not divide its channels; allowed {attr} values "
+                               f"are {_values(legal) or 'none'}{why}.")
+    raise BnnflowError(f"{source}: FINN cannot fold layer '{name}' ({node.op_type}) with "
+                       f"{', '.join(f'{a}={inst.get_nodeattr(a)}' for a in attrs) or 'these attributes'}: "
+                       "choose PE/SIMD values that divide its channel counts.")
 
 
 def uram_of_part(part: str) -> int | None:

@@ -19,15 +19,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bnnflow.atomic import write_json
 from bnnflow.errors import BnnflowError
+from bnnflow.images import IMAGE_SHAPE, nchw_float, nhwc
 
 from . import flow
 from .steps import LOGIT_AFFINE_KEY
 
-STREAMLINED_STEP = "insert_topk"
-HW_STEP = "minimize_bit_width_initial"
-FOLDED_STEP = "generate_estimate_reports"
+STREAMLINED_STEP, HW_STEP, FOLDED_STEP = flow.STREAMLINED_STEP, flow.HW_STEP, flow.FOLDED_STEP
 # Float logits map to integers within float error: the logit scale itself is a float32 product.
 INTEGER_TOLERANCE = 1e-3
 RELATIVE_TOLERANCE = 2e-6
@@ -124,34 +122,61 @@ def folded_model_and_input(out_dir: Path, x_nchw: np.ndarray):
         raise BnnflowError(f"Nodes {outside} stayed outside the hardware partition: the design is not all-hardware.")
     child = ModelWrapper(str(flow.intermediate_path(out_dir, FOLDED_STEP)))
     shape = child.get_tensor_shape(child.graph.input[0].name)
-    x = x_nchw.transpose(0, 2, 3, 1) if list(shape[1:]) == [32, 32, 3] else x_nchw
+    x = nhwc(x_nchw) if tuple(shape[1:]) == IMAGE_SHAPE else x_nchw
     return child, x
 
 
-def cppsim_rtlsim_note() -> str:
+def cppsim_rtlsim_note(sim: int = 0) -> str:
     hls = flow.tool_available(flow.VITIS_HLS)
     viv = flow.tool_available(flow.VIVADO)
     if hls and viv:
-        return "cppsim/rtlsim: tools found; run 'bnnflow build' to the 'measure_rtlsim_performance' step for rtlsim."
-    return ("cppsim and rtlsim were not run: cppsim needs Vitis HLS (ap_int headers) and finn-hlslib, rtlsim needs "
-            "Vivado xsim, and neither is installed; the folded graph was checked by functional execution instead.")
+        return "rtlsim: tools found; run 'bnnflow build' to the 'measure_rtlsim_performance' step for rtlsim."
+    rtl = "rtlsim was not run: it needs Vivado xsim, which is not installed"
+    if sim:
+        return rtl + "."
+    return (rtl + "; HLS C++ simulation (cppsim) runs with --sim N, and the folded graph was checked by "
+            "functional execution.")
+
+
+def agreement(logits: np.ndarray, ref_logits: np.ndarray) -> tuple[int, int]:
+    """(images with identical integer logits, images with the same top-1) of two integer-logit arrays."""
+    return (int(np.sum(np.all(logits == ref_logits, axis=1))),
+            int(np.sum(logits.argmax(1) == ref_logits.argmax(1))))
 
 
 def compare(stages: list[StageResult], ref: StageResult) -> None:
     for st in stages:
-        if st.logits is None:
-            continue
-        st.identical = int(np.sum(np.all(st.logits == ref.logits, axis=1)))
-        st.same_top1 = int(np.sum(st.top1 == ref.top1))
+        if st.logits is not None:
+            st.identical, st.same_top1 = agreement(st.logits, ref.logits)
+
+
+def hardware_logits(out_dir: Path, x_uint8: np.ndarray) -> np.ndarray:
+    """Integer logits of the specialised, folded graph of a build on uint8 N x H x W x C images."""
+    child, xf = folded_model_and_input(out_dir, nchw_float(x_uint8))
+    return np.rint(run_finn_graph(child, xf)).astype(np.int64)
+
+
+def compare_with_brevitas(out_dir: Path, brevitas_logits: np.ndarray, x_uint8: np.ndarray, y: np.ndarray) -> dict:
+    """The folded graph of a build vs Brevitas' float logits on the same images (what `evaluate` reports)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    a, b = _affine(ModelWrapper(str(flow.intermediate_path(out_dir, STREAMLINED_STEP))))
+    ref, worst = to_integer_domain(brevitas_logits, a, b)
+    hw = hardware_logits(out_dir, x_uint8)
+    identical, same_top1 = agreement(hw, ref)
+    return {"images": len(x_uint8), "same_top1": same_top1, "identical_integer_logits": identical,
+            "brevitas_top1": float(np.mean(ref.argmax(1) == y)), "hardware_top1": float(np.mean(hw.argmax(1) == y)),
+            "brevitas_max_distance_to_integer": worst, "build": str(out_dir)}
 
 
 def verify_build(out_dir: Path, net, x_uint8: np.ndarray, labels: np.ndarray | None = None,
-                 console: Console | None = None) -> dict:
-    """Run all stages on images (N x 32 x 32 x 3 uint8) for the build in out_dir and net (its Brevitas model)."""
+                 console: Console | None = None, sim: int = 0) -> dict:
+    """Run all stages on images (N x 32 x 32 x 3 uint8) for the build in out_dir and net (its Brevitas model);
+    with sim > 0 also the first `sim` images through FINN's cppsim of every HLS layer (run_cppsim_stage)."""
     from qonnx.core.modelwrapper import ModelWrapper
 
     console = console or Console()
-    x = np.ascontiguousarray(x_uint8.transpose(0, 3, 1, 2)).astype(np.float32)
+    x = nchw_float(x_uint8)
     n = len(x)
     streamlined = ModelWrapper(str(flow.intermediate_path(out_dir, STREAMLINED_STEP)))
     a, b = _affine(streamlined)
@@ -184,20 +209,34 @@ def verify_build(out_dir: Path, net, x_uint8: np.ndarray, labels: np.ndarray | N
     timed("HW-layer graph", lambda: run_finn_graph(hw, x), False)
     child, xf = folded_model_and_input(out_dir, x)
     timed("specialised + folded graph", lambda: run_finn_graph(child, xf), False)
-    ref = stages[0]
+    ref, folded = stages[0], stages[-1]
     compare(stages, ref)
+    sim_info = None
+    if sim > 0:
+        sim_stage, sim_info = run_cppsim_stage(out_dir, child, xf[:sim], console)
+        if sim_stage is not None:
+            sim_stage.identical, sim_stage.same_top1 = agreement(sim_stage.logits, ref.logits[:sim])
+            stages.append(sim_stage)
     informative = {"Brevitas (PyTorch, float32)"}  # what users run; float32 ties are not FINN's doing
+
+    def images(s: StageResult) -> int:
+        return len(s.logits)
+
     result = {
         "images": n,
         "logit_affine": [a, b],
-        "stages": [{"stage": s.name, "identical_integer_logits": s.identical, "same_top1": s.same_top1,
-                    "images_per_second": n / max(s.seconds, 1e-9), "note": s.note, **s.extra} for s in stages],
-        "all_identical": all(s.identical == n for s in stages if s.name not in informative),
-        "cppsim_rtlsim": cppsim_rtlsim_note(),
+        "stages": [{"stage": s.name, "images": images(s), "identical_integer_logits": s.identical,
+                    "same_top1": s.same_top1, "images_per_second": images(s) / max(s.seconds, 1e-9),
+                    "note": s.note, **s.extra} for s in stages],
+        "all_identical": all(s.identical == images(s) for s in stages if s.name not in informative)
+        and (sim_info is None or sim_info.get("all_tensors_identical", True)),
+        "cppsim_rtlsim": cppsim_rtlsim_note(sim),
     }
+    if sim_info is not None:
+        result["cppsim"] = sim_info
     if labels is not None:
         result["brevitas_top1_accuracy"] = float(np.mean(ref.top1 == labels[:n]))
-        result["hardware_top1_accuracy"] = float(np.mean(stages[-1].top1 == labels[:n]))
+        result["hardware_top1_accuracy"] = float(np.mean(folded.top1 == labels[:n]))
     return result
 
 
@@ -207,10 +246,14 @@ def print_verify(result: dict, console: Console) -> None:
     for col in ("stage", "identical integer logits", "same top-1", "images/s", "note"):
         table.add_column(col, justify="left" if col in ("stage", "note") else "right")
     for s in result["stages"]:
-        ok = "green" if s["identical_integer_logits"] == n else "red"
-        table.add_row(s["stage"], f"[{ok}]{s['identical_integer_logits']}/{n}[/]", f"{s['same_top1']}/{n}",
-                      f"{s['images_per_second']:.1f}", s["note"])
+        k = s.get("images", n)
+        ok = "green" if s["identical_integer_logits"] == k else "red"
+        table.add_row(s["stage"], f"[{ok}]{s['identical_integer_logits']}/{k}[/]", f"{s['same_top1']}/{k}",
+                      f"{s['images_per_second']:.2f}" if s["images_per_second"] < 10 else f"{s['images_per_second']:.1f}",
+                      s["note"])
     console.print(table)
+    if "cppsim" in result:
+        print_cppsim(result["cppsim"], console)
     if "brevitas_top1_accuracy" in result:
         console.print(f"Top-1 accuracy on these images: Brevitas {result['brevitas_top1_accuracy']:.1%}, "
                       f"hardware graph {result['hardware_top1_accuracy']:.1%}.")
@@ -221,31 +264,89 @@ def print_verify(result: dict, console: Console) -> None:
         console.print("[red]Some stage differs from Brevitas: see the table.[/]")
 
 
-def run_verify(args, console: Console) -> int:
-    from bnnflow.models.checkpoint import load_checkpoint
-    from bnnflow.models.data import load_cifar10
+# ------------------------------------------------------------------ HLS C++ simulation (--sim N)
 
-    from .build import BREVITAS_FILE, BuildRequest, run_build
+CPPSIM_STAGE = "HLS C++ (cppsim)"
 
-    if args.images < 1:
-        raise BnnflowError("--images must be at least 1.")
-    x, y = load_cifar10(args.data, "test", download=args.download)
-    if args.images > len(x):
-        raise BnnflowError(f"--images {args.images} is more than the {len(x)} test images available.")
-    if args.build is not None:
-        out = Path(args.build).resolve()
-        state = flow.BuildState(out)
-        if FOLDED_STEP not in state.done:
-            raise BnnflowError(f"{out} is not a bnnflow build that reached '{FOLDED_STEP}': run 'bnnflow estimate' "
-                               "or 'bnnflow build' first, or pass another --build.")
+
+def run_cppsim_stage(out_dir: Path, child, x: np.ndarray, console: Console) -> tuple[StageResult | None, dict]:
+    """FINN's cppsim of the folded graph on x (graph-input layout): its logits as a stage, and what ran as
+    what, every tensor compared with the functional model. (None, {"skipped": sentence}) when the
+    sources or the compiler are missing."""
+    from . import cppsim
+    from .functional import execute_graph
+
+    why = cppsim.unavailable()
+    if why is not None:
+        return None, {"skipped": why}
+    sources = cppsim.find_sources()
+    n = len(x)
+    with console.status("Compiling every HLS layer for cppsim (FINN's PrepareCppSim + CompileCppSim)..."):
+        try:
+            prepared = cppsim.prepare(out_dir, child, sources)
+        except Exception as e:  # a compile error is this stage's failure, reported as one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BnnflowError(f"The HLS C++ simulation could not be compiled ({first.rstrip('.')}); "
+                               f"the generated code is in {Path(out_dir) / cppsim.CACHE_DIR}.") from None
+    with console.status(f"Running {n} images through FINN's cppsim..."):
+        try:
+            tensors, seconds, ran = cppsim.run_images(prepared, x)
+        except Exception as e:  # a crashing binary is this stage's failure, reported as one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BnnflowError(f"The HLS C++ simulation failed while running ({first.rstrip('.')}); "
+                               f"the binaries are in {Path(out_dir) / cppsim.CACHE_DIR}.") from None
+    model = prepared.model
+    name = _topk_input(model)
+    st = StageResult(CPPSIM_STAGE, seconds=seconds)
+    raw = tensors[name].reshape(n, -1)
+    st.logits = np.rint(raw).astype(np.int64)
+    if np.any(st.logits != raw):
+        st.note = "non-integer values in the hardware graph"
+    st.top1 = np.argmax(st.logits, axis=1)
+    console.print(f"  {CPPSIM_STAGE:<28} {n / max(seconds, 1e-9):8.2f} images/s "
+                  f"({'reused' if prepared.reused else 'compiled'} binaries: {prepared.seconds:.0f} s)")
+    ref = execute_graph(model, x, tensors=list(tensors))
+    differ = [t for t in tensors if not np.array_equal(tensors[t].reshape(ref[t].shape), ref[t])]
+    kinds = cppsim.node_kinds(model, sources)
+    hls = [k for k, v in kinds.items() if v != cppsim.PYTHON]
+    not_run = [k for k in hls if k not in ran]
+    by_type: dict[str, dict] = {}
+    for node in model.graph.node:
+        row = by_type.setdefault(node.op_type, {"nodes": 0, "ran_as": kinds[node.name]})
+        row["nodes"] += 1
+    st.note = (st.note + "; " if st.note else "") + (f"{len(hls)} HLS nodes in C++, {len(kinds) - len(hls)} in Python; "
+               f"{len(tensors) - len(differ)}/{len(tensors)} tensors = functional model")
+    info = {
+        "images": n,
+        "sources": sources.describe(),
+        "stand_ins": cppsim.stand_ins(sources),
+        "compile_seconds": prepared.seconds,
+        "binaries_reused": prepared.reused,
+        "seconds_per_image": seconds / max(n, 1),
+        "nodes": kinds,
+        "node_types": by_type,
+        "hls_nodes_not_run": not_run,
+        "tensors_compared": len(tensors),
+        "tensors_differing": differ,
+        "shim_warnings": prepared.shim_warnings,
+        "all_tensors_identical": not differ and not not_run,
+    }
+    return st, info
+
+
+def print_cppsim(info: dict, console: Console) -> None:
+    if "skipped" in info:
+        console.print(info["skipped"])
+        return
+    types = ", ".join(f"{t} x{r['nodes']}: {r['ran_as']}" for t, r in info["node_types"].items())
+    console.print(f"cppsim ran as: {types}.")
+    console.print(f"cppsim sources: {info['sources']}; the project's stand-ins: {', '.join(info['stand_ins'])}.")
+    if info.get("shim_warnings"):
+        console.print(f"[red]cppsim: the hls::stream shim reported {len(info['shim_warnings'])} problem(s), "
+                      f"e.g. {info['shim_warnings'][0]}[/]")
+    if info["all_tensors_identical"]:
+        console.print(f"[green]cppsim: all {info['tensors_compared']} tensors identical to the functional model "
+                      f"on {info['images']} images.[/]")
     else:
-        req = BuildRequest(model=args.model, variant=args.variant, board=args.board, checkpoint=args.checkpoint,
-                           out=args.out, resume=args.resume, from_step=args.from_step, stop_after=FOLDED_STEP,
-                           force=args.force, target_fps=args.target_fps, folding=args.folding, seed=args.seed)
-        out = run_build(req, console)["out"]
-    net, _ = load_checkpoint(out / BREVITAS_FILE)
-    result = verify_build(out, net, x[:args.images], y, console)
-    write_json(out / "verify.json", result)
-    print_verify(result, console)
-    console.print(f"Report: {out / 'verify.json'}")
-    return 0 if result["all_identical"] else 1
+        console.print(f"[red]cppsim: tensors differing from the functional model: {info['tensors_differing']}; "
+                      f"HLS nodes whose binary did not run: {info['hls_nodes_not_run']}.[/]")

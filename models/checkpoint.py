@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 from torch import nn
 
 from bnnflow.atomic import atomic_path
+from bnnflow.digest import file_sha256  # noqa: F401  (re-exported: callers name it from here)
 from bnnflow.errors import BnnflowError
 
 from .zoo import build_model
@@ -75,10 +75,6 @@ def load_checkpoint(path: str | Path, model: str | None = None, variant: str | N
             f"Checkpoint {path} does not fit {payload['model']}/{payload['variant']} "
             "(tensor names or shapes differ): it was made for another variant or version.") from None
     return net.eval(), payload
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def calibrate(net: nn.Module, images: np.ndarray, batches: int = 4, batch_size: int = 64, seed: int = 0) -> nn.Module:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from bnnflow.atomic import atomic_dir, atomic_path
 from bnnflow.errors import BnnflowError
+from bnnflow.images import CHANNELS, IMAGE_SHAPE, IMAGE_SIZE, nchw_float  # noqa: F401  (re-exported)
 
 CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -113,7 +114,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise BnnflowError(
             f"{path} is not a readable .npz file ({type(exc).__name__}): re-create or re-download it."
         ) from exc
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
         raise BnnflowError(
             f"{path} holds x as {x.dtype} {x.shape}, not uint8 N x 32 x 32 x 3 (HWC): "
             "re-save it with the original CIFAR-10 pixels."
@@ -170,11 +171,11 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise BnnflowError(
             f"{path} is not a readable CIFAR-10 batch (corrupt or truncated, {type(exc).__name__}): {fix}."
         ) from exc
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != CHANNELS * IMAGE_SIZE * IMAGE_SIZE:
         raise BnnflowError(
             f"{path} holds data as {data.dtype} {data.shape}, not uint8 N x 3072 (truncated or foreign): {fix}."
         )
-    x = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    x = np.ascontiguousarray(data.reshape(-1, CHANNELS, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1))
     return x, _check_labels(labels, len(x), path)
 
 
@@ -263,7 +264,7 @@ def cifar10_subset(x: np.ndarray, y: np.ndarray, n: int, seed: int | None = None
 def to_model_input(x_uint8: np.ndarray) -> torch.Tensor:
     """uint8 N x 32 x 32 x 3 images -> float32 N x 3 x 32 x 32 tensor of raw 0..255 pixels."""
     x = np.asarray(x_uint8)
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
         raise BnnflowError(f"Model input must be uint8 N x 32 x 32 x 3 images, got {x.dtype} {x.shape}: pass load_cifar10's x.")
     return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().contiguous()
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from bnnflow.catalog import MODEL_TITLES  # noqa: F401  (re-exported)
 from bnnflow.errors import BnnflowError
 
 from .cnv import CNV
@@ -41,7 +42,6 @@ MODELS: dict[str, dict[str, Variant]] = {
     },
 }
 
-MODEL_TITLES = {"resnete": "ResNetE", "densenet": "BinaryDenseNet", "cnv": "CNV-W1A1"}
 
 
 def get_variant(model: str, variant: str = "default") -> Variant:

@@ -1,8 +1,12 @@
-"""Shared fixtures: the real CIFAR-10 copy from ../shared and one tiny build per model."""
+"""Shared fixtures: the real CIFAR-10 copy from ../shared, one tiny build per model (once per session,
+read-only) and what is derived from it, and helpers shared by the test files (`from conftest import ...`)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -56,53 +60,224 @@ def cifar_test():
     return d["x"], d["y"]
 
 
+# ------------------------------------------------------------------ shared helpers
+
+
+def one_sentence(err: str | BaseException, prefix: str = "bnnflow: error: ") -> str:
+    """The one-sentence error rule, shared by every test file.
+
+    A command's stderr: exactly one non-empty line, `prefix` then a sentence ending in '.', no traceback.
+    An exception (the driver's errors): its message is one line, one sentence ending in '.'."""
+    if isinstance(err, BaseException):
+        msg = str(err)
+        assert msg.endswith(".") and "\n" not in msg and ". " not in msg.rstrip("."), msg
+        return msg
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(prefix) and lines[0].rstrip().endswith("."), lines[0]
+    assert "Traceback" not in err, err
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, str | None]:
+    """Every file and folder under `folder` with its content hash (folders: None)."""
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+def copy_build(src: Path, dst: Path) -> Path:
+    """A private copy of a shared build folder (file times kept), for a test that changes it."""
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ------------------------------------------------------------------ FINN builds, once per session
+#
+# Every fixture below runs the FINN flow (or sits on one that does); tests using them are marked
+# `build` automatically (pytest_collection_modifyitems), so `make test-fast` (-m "not slow and not build")
+# leaves them out. The folders are shared and read-only: a test that changes one takes a copy_build first
+# (a session-end check names any file changed in place).
+
+BUILD_FIXTURES = frozenset({"tiny_build", "tiny_cnv", "tiny_cnv_build", "tiny_specialised", "tiny_fold",
+                            "default_fold", "package", "cnv_estimates"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the markers
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if BUILD_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.build)
+
+
+def _fingerprint(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file() and "finn_tmp" not in p.relative_to(folder).parts}
+
+
 @pytest.fixture(scope="session")
-def tiny_builds(tmp_path_factory, cifar_test):
-    """Each model's tiny variant built as far as the tools allow (no Vivado: stops at hw_ipgen)."""
+def tiny_build(tmp_path_factory, cifar_test):
+    """model -> run_build's result ({"out", "summary", "board", "stopped"}) for its tiny variant, built once
+    per session as far as the tools allow (no Vivado: stops at hw_ipgen after hw_codegen). Read-only."""
     from rich.console import Console
 
     from bnnflow.build_flows.build import BuildRequest, run_build
 
-    root = tmp_path_factory.mktemp("builds")
-    results = {}
-    for model in TINY_MODELS:
-        req = BuildRequest(model=model, variant="tiny", out=root / model)
-        results[model] = run_build(req, Console(quiet=True))
-    return results
+    root = tmp_path_factory.mktemp("tiny")
+    built, prints = {}, {}
+
+    def get(model: str) -> dict:
+        if model not in built:
+            assert model in TINY_MODELS, model
+            built[model] = run_build(BuildRequest(model=model, variant="tiny", out=root / model), Console(quiet=True))
+            prints[model] = _fingerprint(built[model]["out"])
+        return built[model]
+
+    yield get
+    changed = {}
+    for model, result in built.items():
+        now = _fingerprint(result["out"])
+        files = sorted(k for k in prints[model].keys() | now.keys() if prints[model].get(k) != now.get(k))
+        if files:
+            changed[model] = files
+    assert not changed, f"tests changed the shared tiny builds in place (take a copy_build): {changed}"
 
 
 @pytest.fixture(scope="session")
-def package(tmp_path_factory, cifar_test):
-    """One tiny cnv build and its deployment package, shared by the driver/deploy/notebook tests
-    (a build of their own: the flow tests re-run steps on `tiny_builds`)."""
-    import json
-
-    from rich.console import Console
-
-    from bnnflow.build_flows.build import BuildRequest, run_build
-    from bnnflow.build_flows.deploy import make_package
-
-    root = tmp_path_factory.getbasetemp() / "deploy_cnv_tiny"
-    build, pkg = root / "build", root / "deploy" / "cnv-tiny-pynq-z2"
-    if not (pkg / "manifest.json").is_file():
-        state = build / "build_state.json"
-        if not state.is_file() or "hw_codegen" not in json.loads(state.read_text()).get("done", []):
-            run_build(BuildRequest("cnv", "tiny", out=build, force=True), Console(quiet=True))
-        make_package(build, pkg, images=100, console=Console(quiet=True))
-    return build, pkg
+def tiny_cnv(tiny_build):
+    """The tiny CNV build (tiny_build("cnv")): the one shared by the deploy, driver, folding, input and fuzz tests."""
+    return tiny_build("cnv")
 
 
 @pytest.fixture(scope="session")
-def cnv_estimates(tmp_path_factory, cifar_test):
-    """(folder, FINN's folding config of it): cnv/tiny built to the estimates, for tests that copy it and
-    try to damage the copy (tests/test_inputs.py, tests/test_fuzz.py); never modify it in place."""
-    import json
+def tiny_cnv_build(tiny_cnv) -> Path:
+    """The tiny CNV build's folder (tests/test_identity.py copies it); read-only."""
+    return tiny_cnv["out"]
 
-    from rich.console import Console
+
+SPECIALISED_STEP = "specialize_layers"  # the graph the folding search works on
+
+
+def specialised_graph(out: Path):
+    """A build folder's graph after specialize_layers, freshly loaded (the caller may change it)."""
+    from qonnx.core.modelwrapper import ModelWrapper
 
     from bnnflow.build_flows import flow
-    from bnnflow.build_flows.build import BuildRequest, run_build
 
-    out = tmp_path_factory.mktemp("estimates") / "cnv"
-    run_build(BuildRequest("cnv", "tiny", out=out, stop_after=flow.ESTIMATE_STEP), Console(quiet=True))
+    path = flow.intermediate_path(Path(out), SPECIALISED_STEP)
+    assert path.is_file(), f"{out} has no {SPECIALISED_STEP} graph"
+    return ModelWrapper(str(path))
+
+
+@pytest.fixture(scope="session")
+def tiny_specialised(tiny_build):
+    """model -> (its tiny build's graph after specialize_layers, freshly loaded; the build folder, read-only)."""
+
+    def get(model: str):
+        out = tiny_build(model)["out"]
+        return specialised_graph(out), out
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_fold(tiny_specialised):
+    """model -> the folding search's result on its tiny variant, once per session."""
+    from bnnflow.build_flows.folding import fold
+    from bnnflow.hw.boards import get_board
+
+    folds = {}
+
+    def get(model: str):
+        if model not in folds:
+            m, _ = tiny_specialised(model)
+            folds[model] = fold(m, get_board("pynq-z2"), name=f"{model}/tiny")
+        return folds[model]
+
+    return get
+
+
+def _random_default_build(folder: Path, model: str) -> bool:
+    """Does `folder` (`bnnflow benchmark`'s) hold model/default for the pynq-z2 with random weights (seed 0),
+    built at least to specialize_layers? Read from its build_state.json, never changed."""
+    from bnnflow.build_flows import flow
+
+    try:
+        data = flow.BuildState(folder).data
+        if SPECIALISED_STEP not in data.get("done", []) or \
+                not flow.intermediate_path(folder, SPECIALISED_STEP).is_file():
+            return False
+        ident = data.get("identity")
+        if ident is not None:  # the saved BuildIdentity
+            return (ident.get("source"), ident.get("variant"), ident.get("board"), ident.get("weights")) == \
+                (f"zoo:{model}", "default", "pynq-z2", "random:seed=0")
+        return (data.get("model"), data.get("variant"), data.get("board"), data.get("checkpoint"),
+                data.get("seed", 0)) == (model, "default", "pynq-z2", None, 0)
+    except Exception:  # a damaged or foreign folder: build our own
+        return False
+
+
+@pytest.fixture(scope="session")
+def default_fold(tmp_path_factory):
+    """model -> (specialised graph, fold result) of its default variant (random weights), once per session:
+    on `bnnflow benchmark`'s build when it holds that (read only), else on one built here to specialize_layers."""
+    from rich.console import Console
+
+    from bnnflow.build_flows.build import BuildRequest, run_build
+    from bnnflow.build_flows.folding import fold
+    from bnnflow.hw.boards import get_board
+
+    board = get_board("pynq-z2")
+    root = tmp_path_factory.mktemp("default")
+    folds = {}
+
+    def build(model: str) -> Path:
+        bench = Path(os.environ.get("BNNFLOW_BENCH_DIR", REPO / "build" / "benchmark")) / f"{model}-default-pynq-z2"
+        if _random_default_build(bench, model):
+            return bench
+        out = root / model
+        run_build(BuildRequest(model, "default", out=out, stop_after=SPECIALISED_STEP), Console(quiet=True))
+        return out
+
+    def get(model: str):
+        if model not in folds:
+            m = specialised_graph(build(model))
+            folds[model] = (m, fold(m, board, name=f"{model}/default"))
+        return folds[model]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def package(tiny_cnv, tmp_path_factory):
+    """(build, package): the tiny CNV build and its deployment package (100 images, zip archive), shared by
+    the driver/deploy/notebook tests; both read-only."""
+    from rich.console import Console
+
+    from bnnflow.build_flows.deploy import make_package
+
+    pkg = tmp_path_factory.mktemp("package") / "deploy" / "cnv-tiny-pynq-z2"
+    make_package(tiny_cnv["out"], pkg, images=100, console=Console(quiet=True))
+    return tiny_cnv["out"], pkg
+
+
+@pytest.fixture(scope="session")
+def cnv_estimates(tiny_cnv, tmp_path_factory):
+    """(folder, FINN's folding config of it): cnv/tiny as a build that stopped after the estimates, for tests
+    that copy it and try to damage the copy (tests/test_inputs.py, tests/test_fuzz.py); never modify it in
+    place. Derived from the tiny CNV build: a copy without what its one later step (hw_codegen) added."""
+    from bnnflow.build_flows import flow
+
+    out = copy_build(tiny_cnv["out"], tmp_path_factory.mktemp("estimates") / "cnv")
+    state = flow.BuildState(out)
+    keep = flow.STEP_NAMES[:flow.step_index(flow.ESTIMATE_STEP) + 1]
+    later = [s for s in state.done if s not in keep]  # without Vitis HLS: hw_codegen
+    assert later and set(state.done) - set(later) == set(keep), state.done
+    state.data["done"] = [s for s in state.done if s in keep]
+    state.data["seconds"] = {k: v for k, v in state.data.get("seconds", {}).items() if k in keep}
+    state.data.pop("stopped_at", None)
+    state.save()
+    for step in later:
+        flow.intermediate_path(out, step).unlink(missing_ok=True)
+    shutil.rmtree(out / "finn_tmp")  # hw_codegen's sources; a build stopped at the estimates has it empty
+    (out / "finn_tmp").mkdir()
     return out, json.loads((out / "report" / "auto_folding_config.json").read_text())

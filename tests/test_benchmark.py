@@ -11,7 +11,7 @@ import pytest
 
 from bnnflow.errors import BnnflowError
 
-from test_fifos import shared_builds, specialised  # noqa: F401
+from conftest import copy_build
 
 
 def _row(model, variant, fps, acc=None, **kw):
@@ -84,20 +84,20 @@ def test_lane_luts_from_finn_model():
 
 
 def test_select_rejects_unknown():
-    from bnnflow.build_flows.benchmark import DESIGNS, _select
+    from bnnflow.build_flows.benchmark import DESIGNS, select_designs
 
-    assert _select(None) == DESIGNS and _select(["cnv"]) == DESIGNS[:3]
-    assert _select(["resnete/tiny"]) == [("resnete", "tiny")]
+    assert select_designs(None) == DESIGNS and select_designs(["cnv"]) == DESIGNS[:3]
+    assert select_designs(["resnete/tiny"]) == [("resnete", "tiny")]
     with pytest.raises(BnnflowError):
-        _select(["alexnet"])
+        select_designs(["alexnet"])
 
 
-def test_benchmark_tiny_cnv_and_cache(tmp_path_factory):
-    """One design end to end in-process (reusing the shared tiny build), then a cached re-run."""
+def test_benchmark_tiny_cnv_and_cache(tiny_cnv, tmp_path):
+    """One design end to end in-process (reusing a copy of the shared tiny build), then a cached re-run."""
     from bnnflow.build_flows.benchmark import run_benchmark
 
-    specialised(tmp_path_factory, "cnv")
-    bench = shared_builds(tmp_path_factory)
+    bench = tmp_path / "bench"
+    copy_build(tiny_cnv["out"], bench / "cnv-tiny-pynq-z2")  # the benchmark searches and builds in it
     report = run_benchmark("pynq-z2", bench, jobs=1, only=["cnv/tiny"])
     (row,) = report["rows"]
     assert row["error"] is None and row["fits"] and row["fps"] > 1000

@@ -9,19 +9,13 @@ import pytest
 
 from bnnflow.cli import main
 
+from conftest import one_sentence
+
 
 def run_cli(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def one_sentence(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("bnnflow: error: ") and lines[0].rstrip().endswith("."), lines[0]
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def test_help_is_instant_and_lists_subcommands():
@@ -34,10 +28,10 @@ def test_help_is_instant_and_lists_subcommands():
     (["build", "resnet50"], "Unknown model 'resnet50'"),
     (["build", "resnete", "--variant", "huge"], "Unknown variant 'huge'"),
     (["build", "resnete", "--board", "zedboard"], "Unknown board 'zedboard'"),
-    (["estimate", "cnv", "--from-step", "nonsense_step", "--out", "/nonexistent/x"], "Unknown build step"),
+    (["estimate", "cnv", "--from-step", "nonsense_step", "--build", "/nonexistent/x"], "Unknown build step"),
     (["build", "cnv", "--checkpoint", "/nonexistent/model.pt"], "does not exist"),
     (["build", "cnv", "--folding", "/nonexistent/fold.json"], "Folding config"),
-    (["build", "cnv", "--resume", "--out", "/nonexistent/build"], "no build to resume"),
+    (["build", "cnv", "--resume", "--build", "/nonexistent/build"], "no build to resume"),
     (["verify", "cnv", "--data", "/nonexistent/cifar"], "/nonexistent/cifar"),
     (["verify", "cnv", "--images", "0"], "--images"),
 ])
@@ -51,7 +45,7 @@ def test_corrupt_checkpoint(capsys, tmp_path):
     bad = tmp_path / "m.pt"
     bad.write_text("not a checkpoint")
     code, _, err = run_cli(capsys, "build", "cnv", "--variant", "tiny", "--checkpoint", str(bad),
-                           "--out", str(tmp_path / "b"))
+                           "--build", str(tmp_path / "b"))
     assert code != 0 and "corrupt" in one_sentence(err)
 
 
@@ -64,7 +58,7 @@ def test_bad_input_with_force_keeps_the_existing_build(capsys, tmp_path):
     bad = tmp_path / "m.pt"
     bad.write_text("not a checkpoint")
     for extra in (["--checkpoint", str(bad)], ["--folding", str(tmp_path / "missing.json")]):
-        code, _, err = run_cli(capsys, "build", "cnv", "--variant", "tiny", "--out", str(out), "--force", *extra)
+        code, _, err = run_cli(capsys, "build", "cnv", "--variant", "tiny", "--build", str(out), "--force", *extra)
         assert code != 0 and precious.read_text() == "{}", one_sentence(err)
 
 
@@ -73,7 +67,7 @@ def test_existing_build_folder_is_kept_without_force(capsys, tmp_path):
     out.mkdir()
     precious = out / "my_notes.txt"
     precious.write_text("keep me")
-    code, _, err = run_cli(capsys, "build", "cnv", "--variant", "tiny", "--out", str(out))
+    code, _, err = run_cli(capsys, "build", "cnv", "--variant", "tiny", "--build", str(out))
     assert code != 0 and "already exists" in one_sentence(err)
     assert precious.read_text() == "keep me"
 
@@ -81,7 +75,7 @@ def test_existing_build_folder_is_kept_without_force(capsys, tmp_path):
 def test_export_refuses_to_overwrite(capsys, tmp_path):
     target = tmp_path / "m.onnx"
     target.write_text("mine")
-    code, _, err = run_cli(capsys, "export", "cnv", "--variant", "tiny", "-o", str(target))
+    code, _, err = run_cli(capsys, "export", "cnv", "--variant", "tiny", "--out", str(target))
     assert code != 0 and "already exists" in one_sentence(err)
     assert target.read_text() == "mine"
 
@@ -105,11 +99,78 @@ def test_committed_checkpoint_is_the_default(tmp_path, monkeypatch, capsys):
     _default_checkpoint(args)
     assert args.checkpoint == path and "top-1 50.0 %" in capsys.readouterr().out
     for argv in (["build", "cnv", "--variant", "tiny", "--random-weights"],  # asked for random weights
-                 ["build", "cnv"],  # no committed default variant
-                 ["verify", "cnv", "--variant", "tiny", "--build", str(tmp_path)]):  # the build's own weights
+                 ["build", "cnv"]):  # no committed default variant
         args = parser().parse_args(argv)
         _default_checkpoint(args)
         assert args.checkpoint is None, argv
+    from bnnflow.cli_args import request_from_args
+
+    for argv in (["verify", "cnv", "--variant", "tiny", "--build", str(tmp_path)],  # an existing build's own weights
+                 ["build", "cnv", "--variant", "tiny", "--resume"]):
+        args = parser().parse_args(argv)
+        _default_checkpoint(args)  # the default only for a new build there
+        req = request_from_args(args)
+        assert req.any_weights and req.checkpoint == path, argv
+    args = parser().parse_args(["verify", "cnv", "--variant", "tiny", "--build", str(tmp_path), "--random-weights"])
+    _default_checkpoint(args)
+    assert not request_from_args(args).any_weights
     args = parser().parse_args(["build", "cnv", "--variant", "tiny", "--checkpoint", str(tmp_path / "x.pt")])
     _default_checkpoint(args)
     assert args.checkpoint == tmp_path / "x.pt"
+
+
+# ----------------------------------------------------------------------- one vocabulary
+
+
+BUILD_FOLDER_COMMANDS = ("build", "estimate", "verify", "fold", "deploy")
+BUDGET_COMMANDS = ("build", "estimate", "verify", "fold", "deploy", "benchmark")
+
+
+def _options(command: str) -> dict:
+    from bnnflow.cli import parser
+
+    sub = next(a for a in parser()._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
+    return {o: a for a in sub.choices[command]._actions for o in a.option_strings}
+
+
+def test_the_same_flag_means_the_same_thing_everywhere():
+    """--build is a build folder (dest build), --out the command's product (dest out), the budget flags are
+    wherever fit is judged, and no command has a visible --dir, --report, --output or --plot."""
+    import argparse
+
+    for cmd in BUILD_FOLDER_COMMANDS + ("evaluate",):
+        assert _options(cmd)["--build"].dest == "build", cmd
+    for cmd in ("fold", "deploy", "export", "evaluate", "benchmark", "train", "runs"):
+        assert _options(cmd)["--out"].dest == "out", cmd
+    for cmd in BUDGET_COMMANDS:
+        opts = _options(cmd)
+        assert {"--lut-max", "--bram-max"} <= set(opts), cmd
+        assert opts["--lut-max"].help == _options("build")["--lut-max"].help, cmd
+    for cmd in ("build", "estimate", "verify", "fold", "deploy", "export", "evaluate", "benchmark", "train"):
+        visible = {o for o, a in _options(cmd).items() if a.help != argparse.SUPPRESS}
+        assert not visible & {"--dir", "--report", "--output", "--plot"}, cmd
+    # --stop-after is a build step; training stops after an epoch
+    assert _options("build")["--stop-after"].metavar == "STEP" and _options("train")["--stop-after"].help == argparse.SUPPRESS
+    assert _options("train")["--stop-after-epoch"].metavar == "EPOCH"
+
+
+@pytest.mark.parametrize("old, new", [
+    (["build", "cnv", "--out", "X"], ["build", "cnv", "--build", "X"]),
+    (["verify", "cnv", "--out", "X"], ["verify", "cnv", "--build", "X"]),
+    (["export", "cnv", "--output", "X"], ["export", "cnv", "--out", "X"]),
+    (["benchmark", "--dir", "X", "--plot", "Y"], ["benchmark", "--build", "X", "--out", "Y"]),
+    (["evaluate", "c.pt", "--report", "X"], ["evaluate", "c.pt", "--out", "X"]),
+    (["train", "cnv", "--stop-after", "3"], ["train", "cnv", "--stop-after-epoch", "3"]),
+])
+def test_old_spellings_still_parse_to_the_new_flags(old, new):
+    from bnnflow.cli import parser
+
+    assert vars(parser().parse_args(old)) == vars(parser().parse_args(new))
+
+
+def test_model_names_are_one_list():
+    from bnnflow.catalog import MODEL_NAMES, MODEL_TITLES
+    from bnnflow.models.train_config import MODELS as TRAIN_MODELS
+    from bnnflow.models.zoo import MODELS
+
+    assert tuple(MODELS) == MODEL_NAMES == tuple(MODEL_TITLES) == TRAIN_MODELS

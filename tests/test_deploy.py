@@ -14,15 +14,12 @@ import pytest
 
 from bnnflow.build_flows import deploy
 from bnnflow.cli import main
+from bnnflow.digest import file_sha256
+
+from conftest import one_sentence
 
 PACKAGE_FILES = {"bnnflow_driver.py", "packing.py", "classify_cifar10.ipynb", "hw_graph.onnx", "io_shape.json",
                  "manifest.json", "test_images.npz"}
-
-
-def one_sentence(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("bnnflow: error: ") and lines[0].endswith("."), err
-    return lines[0]
 
 
 def brevitas_top1(build: Path, x: np.ndarray) -> np.ndarray:
@@ -44,7 +41,7 @@ def test_package_contents_and_manifest(package):
     summary = json.loads((build / "summary.json").read_text())
     assert m["estimates"]["fps"] == summary["fps"] and m["estimates"]["latency_ms"] == summary["latency_ms"]
     assert m["checkpoint"] is None and m["checkpoint_sha256"] is None
-    assert m["weights_sha256"] == deploy._sha256(build / "model.brevitas.pt")
+    assert m["weights_sha256"] == file_sha256(build / "model.brevitas.pt")
     for tool in ("finn-plus", "qonnx", "brevitas", "torch", "numpy", "python"):
         assert m["tools"][tool] not in ("", None, "not installed"), tool
     assert m["tools"]["finn-plus"] == "1.6.1" and m["tools"]["vivado"] == "none"
@@ -52,7 +49,7 @@ def test_package_contents_and_manifest(package):
     mvau = {k: v for k, v in m["folding"]["layers"].items() if k.startswith("MVAU")}
     assert mvau and all(v["PE"] >= 1 and v["SIMD"] >= 1 for v in mvau.values())
     for name, digest in m["files"].items():
-        assert deploy._sha256(pkg / name) == digest, name
+        assert file_sha256(pkg / name) == digest, name
     assert set(m["files"]) == PACKAGE_FILES - {"manifest.json"}
     assert pkg.stat().st_mode & 0o777 == 0o755 and (pkg / "io_shape.json").stat().st_mode & 0o777 == 0o644
 
@@ -136,7 +133,7 @@ def test_cli_reuses_a_finished_build_and_refuses_to_clobber(package, tmp_path, m
     assert code == 2 and "not a bnnflow deployment package" in one_sentence(capsys.readouterr().err)
     assert (out / "notes.txt").read_text() == "keep me"
     code = main(["deploy", "resnete", "--variant", "tiny", "--build", str(build)])
-    assert code == 2 and "holds cnv/tiny/pynq-z2" in one_sentence(capsys.readouterr().err)
+    assert code == 2 and "(network cnv, not resnete)" in one_sentence(capsys.readouterr().err)
     code = main(["deploy", "cnv", "--variant", "tiny", "--build", str(build), "--images", "20", "--archive", "none"])
     printed = capsys.readouterr().out
     assert code == 0 and "Packaging the existing build" in printed and "Off-board only" in printed
@@ -163,7 +160,10 @@ def test_one_command_builds_then_packages(package, tmp_path, monkeypatch, capsys
     assert main(["deploy", "cnv", "--variant", "tiny", "--images", "10"]) == 0
     printed = capsys.readouterr().out
     assert len(calls) == 1 and calls[0].out == (tmp_path / "build" / "cnv-tiny-pynq-z2").resolve()
-    assert calls[0].stop_after is None and not calls[0].resume and (calls[0].model, calls[0].variant) == ("cnv", "tiny")
+    from bnnflow.build_flows import flow
+
+    assert calls[0].stop_after == flow.STEP_NAMES[-1] and not calls[0].resume  # as far as the tools allow
+    assert (calls[0].model, calls[0].variant) == ("cnv", "tiny")
     assert "needs Vitis HLS" in printed and "Off-board only" in printed
     assert (tmp_path / "deploy" / "cnv-tiny-pynq-z2" / "manifest.json").is_file()
     assert (tmp_path / "deploy" / "cnv-tiny-pynq-z2.zip").is_file()
@@ -172,7 +172,7 @@ def test_one_command_builds_then_packages(package, tmp_path, monkeypatch, capsys
     ckpt = tmp_path / "other.pt"
     ckpt.write_bytes(b"x")
     assert main(["deploy", "cnv", "--variant", "tiny", "--checkpoint", str(ckpt)]) == 2
-    assert "other weights" in one_sentence(capsys.readouterr().err)
+    assert "weights random:seed=0, not sha256:" in one_sentence(capsys.readouterr().err)
 
 
 def test_cli_import_stays_light():

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import one_sentence
+
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "docker" / "Dockerfile"
 RUN_SH = REPO / "docker" / "run.sh"
@@ -50,11 +52,7 @@ def options(argv: list[str], flag: str) -> list[str]:
     return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
 
 
-def one_sentence(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("docker/run.sh: error: ") and lines[0].endswith("."), lines[0]
-    return lines[0]
+RUN_SH_ERROR = "docker/run.sh: error: "  # the launcher's one-sentence errors start so
 
 
 # ---------------------------------------------------------------- fast: lint, launcher, entrypoint
@@ -106,7 +104,7 @@ def test_dry_run_composes_the_docker_command(tmp_path):
 
 
 def test_dry_run_without_xilinx_mounts_no_tools_and_keeps_arguments_verbatim(tmp_path):
-    tricky = ["verify", "cnv", "--images", "5", "--out", "build/it's here", "--dry-run", "$HOME", "*"]
+    tricky = ["verify", "cnv", "--images", "5", "--build", "build/it's here", "--dry-run", "$HOME", "*"]
     r = launch("--dry-run", "--image=bnnflow", "--", *tricky, BNNFLOW_DATA=tmp_path)
     assert r.returncode == 0, r.stderr
     argv = shlex.split(r.stdout)
@@ -128,7 +126,7 @@ def test_launcher_errors_are_one_sentence(tmp_path, args, env, needle):
     r = launch(*dry, *args, BNNFLOW_DATA=tmp_path / "data", **env)
     assert r.returncode == 2
     assert r.stdout == ""
-    assert needle.format(tmp=tmp_path) in one_sentence(r.stderr)
+    assert needle.format(tmp=tmp_path) in one_sentence(r.stderr, prefix=RUN_SH_ERROR)
 
 
 def fake_xilinx(root: Path, version: str = "2024.2") -> None:

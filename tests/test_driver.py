@@ -37,15 +37,11 @@ from qonnx.util.basic import gen_finn_dt_tensor  # noqa: E402
 from bnnflow.hw.driver import bnnflow_driver as drv  # noqa: E402
 from bnnflow.hw.driver import packing  # noqa: E402
 
+from conftest import one_sentence  # noqa: E402
+
 DRIVER_DIR = Path(drv.__file__).resolve().parent
 DTYPES = [f"UINT{b}" for b in (1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 17, 24, 32)] + \
          [f"INT{b}" for b in (2, 3, 4, 8, 9, 16, 23, 32)] + ["BINARY", "BIPOLAR", "TERNARY"]
-
-
-def one_sentence(exc: BaseException) -> str:
-    msg = str(exc)
-    assert msg.endswith(".") and "\n" not in msg and ". " not in msg.rstrip("."), msg
-    return msg
 
 
 # ---------------------------------------------------------------------------- packing vs FINN

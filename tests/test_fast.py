@@ -150,7 +150,7 @@ def fast_runs(tmp_path_factory, images):
     """16 steps an epoch: the statistics phase (~21 steps) ends inside epoch 2, the twin takes over."""
     root = tmp_path_factory.mktemp("fast_runs")
     assert main(RUN + ["--out", str(root / "straight")]) == 0
-    assert main(RUN + ["--out", str(root / "split"), "--stop-after", "1"]) == 0
+    assert main(RUN + ["--out", str(root / "split"), "--stop-after-epoch", "1"]) == 0
     assert main(["train", "--resume", "--out", str(root / "split"), "--no-progress"]) == 0
     return root
 

@@ -1,55 +1,21 @@
 """Deadlock-free joins: the stream model, the join FIFO sizing and its check.
 
-Fast tests use the tiny variants (built once per session up to specialize_layers, shared with
-test_folding / test_benchmark through one folder); the default models are checked in the slow
-test, which reuses `bnnflow benchmark`'s builds when they are there.
+The graph tests use the tiny variants (tests/conftest.py's tiny builds, once per session, shared with
+test_folding / test_benchmark); the default models are checked in the slow test, which reuses
+`bnnflow benchmark`'s builds when they are there (conftest's default_fold).
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bnnflow.errors import BnnflowError
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_builds(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "tiny-specialised"
-
-
-def specialised(tmp_path_factory, model: str, variant: str = "tiny"):
-    from bnnflow.build_flows.folding import ensure_specialised, specialised_model
-    from bnnflow.hw.boards import get_board
-
-    board = get_board("pynq-z2")
-    out = shared_builds(tmp_path_factory) / f"{model}-{variant}-{board.name}"
-    out, _ = ensure_specialised(model, variant, board, out)
-    return specialised_model(out), out
-
-
-_TINY_FOLDS: dict = {}
-
-
-def tiny_fold(tmp_path_factory, model: str):
-    """The fold result of a model's tiny variant, once per session (shared with test_folding)."""
-    from bnnflow.build_flows.folding import fold
-    from bnnflow.hw.boards import get_board
-
-    if model not in _TINY_FOLDS:
-        m, _ = specialised(tmp_path_factory, model)
-        _TINY_FOLDS[model] = fold(m, get_board("pynq-z2"), name=f"{model}/tiny")
-    return _TINY_FOLDS[model]
-
-
 @pytest.fixture(scope="module")
-def folded(tmp_path_factory):
-    """model -> fold result of its tiny variant."""
-    return lambda model: tiny_fold(tmp_path_factory, model)
+def folded(tiny_fold):
+    """model -> fold result of its tiny variant (tests/conftest.py, once per session)."""
+    return tiny_fold
 
 
 # ------------------------------------------------------------------ the stream model on its own
@@ -196,7 +162,7 @@ def test_cnv_has_no_joins(folded):
     assert fifos.check_join_fifos(res.model).ok
 
 
-def test_finn_inserts_the_configured_depths(folded, tmp_path_factory):
+def test_finn_inserts_the_configured_depths(folded, tiny_specialised):
     """FINN 1.6.1 reads the join depths from the folding config (inFIFODepths -> InsertFIFO)."""
     from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
     from finn.transformation.fpgadataflow.insert_fifo import InsertFIFO
@@ -204,7 +170,7 @@ def test_finn_inserts_the_configured_depths(folded, tmp_path_factory):
     from qonnx.custom_op.registry import getCustomOp
 
     res = folded("resnete")
-    m, _ = specialised(tmp_path_factory, "resnete")
+    m, _ = tiny_specialised("resnete")
     m = m.transform(ApplyConfig(res.config))
     m = m.transform(InsertDWC()).transform(InsertFIFO(create_shallow_fifos=True))
     short = [f for f in res.evaluation.fifo_plan.fifos if f.short]
@@ -217,41 +183,13 @@ def test_finn_inserts_the_configured_depths(folded, tmp_path_factory):
 
 # ------------------------------------------------------------------ the default models
 
-def _default_build(model: str, tmp_path_factory) -> Path:
-    """A specialised default build: `bnnflow benchmark`'s when it is up to date, else built here."""
-    from bnnflow.build_flows.folding import build_matches, ensure_specialised
-    from bnnflow.hw.boards import get_board
-
-    board = get_board("pynq-z2")
-    bench = Path(os.environ.get("BNNFLOW_BENCH_DIR", REPO / "build" / "benchmark")) / f"{model}-default-pynq-z2"
-    if (bench / "intermediate_models" / "specialize_layers.onnx").exists() and \
-            build_matches(bench, model, "default", board, None):
-        return bench
-    out, _ = ensure_specialised(model, "default", board, shared_builds(tmp_path_factory) / f"{model}-default")
-    return out
-
-
-_DEFAULT_FOLDS: dict = {}
-
-
-def default_fold(model: str, tmp_path_factory):
-    """(specialised model, fold result) of a default model, once per session."""
-    from bnnflow.build_flows.folding import fold, specialised_model
-    from bnnflow.hw.boards import get_board
-
-    if model not in _DEFAULT_FOLDS:
-        m = specialised_model(_default_build(model, tmp_path_factory))
-        _DEFAULT_FOLDS[model] = (m, fold(m, get_board("pynq-z2"), name=f"{model}/default"))
-    return _DEFAULT_FOLDS[model]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["resnete", "densenet", "cnv"])
-def test_join_check_self_consistent_on_default_models(model, tmp_path_factory):
+def test_join_check_self_consistent_on_default_models(model, default_fold):
     """Self-consistency on the default models: the chosen depths pass the simulator that chose them."""
     from bnnflow.build_flows import fifos
 
-    _, res = default_fold(model, tmp_path_factory)
+    _, res = default_fold(model)
     check = fifos.check_join_fifos(res.model, reference=res.evaluation.fifo_plan)
     assert check.ok, check.message
     if model != "cnv":

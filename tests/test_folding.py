@@ -1,7 +1,7 @@
 """The folding search: legal foldings, inside the budget, at least as fast as FINN's target_fps.
 
-Uses the tiny variants built up to specialize_layers once per session (shared folder with
-test_fifos / test_benchmark); the three default models are compared in the slow test.
+Uses the tiny variants' builds (tests/conftest.py, once per session, read-only: a test that builds in the
+folder takes a copy); the three default models are compared in the slow test.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from bnnflow.errors import BnnflowError
 
-from test_fifos import default_fold, specialised, tiny_fold  # noqa: F401  (shared build folder helpers)
+from conftest import copy_build
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +24,14 @@ def board():
 
 
 @pytest.fixture(scope="module")
-def cnv_tiny(tmp_path_factory):
-    return specialised(tmp_path_factory, "cnv")
+def cnv_tiny(tiny_specialised):
+    """(specialised graph, build folder) of cnv/tiny; the folder is shared: copy it before building in it."""
+    return tiny_specialised("cnv")
 
 
 @pytest.fixture(scope="module")
-def cnv_fold(tmp_path_factory, cnv_tiny):
-    return tiny_fold(tmp_path_factory, "cnv")
+def cnv_fold(tiny_fold):
+    return tiny_fold("cnv")
 
 
 def test_board_budget_limits(board):
@@ -144,8 +145,8 @@ def assert_no_layer_faster_than_needed(res, board):
 
 
 @pytest.mark.parametrize("model", ["cnv", "resnete", "densenet"])
-def test_no_layer_is_faster_than_it_needs_to_be(model, tmp_path_factory, board):
-    assert_no_layer_faster_than_needed(tiny_fold(tmp_path_factory, model), board)
+def test_no_layer_is_faster_than_it_needs_to_be(model, tiny_fold, board):
+    assert_no_layer_faster_than_needed(tiny_fold(model), board)
 
 
 def test_search_beats_or_matches_finn_target_fps(cnv_tiny, board):
@@ -194,15 +195,15 @@ def test_config_is_finn_format_and_applies(cnv_fold, cnv_tiny, tmp_path):
             assert getCustomOp(node).get_nodeattr(attr) == value, (node.name, attr)
 
 
-def test_build_with_folding_auto(cnv_tiny, cnv_fold, board):
+def test_build_with_folding_auto(cnv_tiny, cnv_fold, board, tmp_path):
     """`bnnflow build --folding auto`: the search runs after specialize_layers and the flow applies it."""
     from rich.console import Console
 
     from bnnflow.build_flows import flow
     from bnnflow.build_flows.build import BuildRequest, run_build
-    from bnnflow.build_flows.folding import AUTO_FOLDING_FILE
+    from bnnflow.build_flows.build_folding import AUTO_FOLDING_FILE
 
-    out = cnv_tiny[1]
+    out = copy_build(cnv_tiny[1], tmp_path / "cnv")  # it builds in the folder
     (out / AUTO_FOLDING_FILE).unlink(missing_ok=True)
     res = run_build(BuildRequest("cnv", "tiny", out=out, from_step="target_fps_parallelization",
                                  stop_after=flow.ESTIMATE_STEP, folding=Path("auto")), Console(quiet=True))
@@ -221,23 +222,24 @@ def test_build_with_folding_auto(cnv_tiny, cnv_fold, board):
 def test_cli_fold_reuses_build_and_writes_config(cnv_tiny, tmp_path, capsys):
     from bnnflow.cli import main
 
+    build = copy_build(cnv_tiny[1], tmp_path / "build")  # `fold` writes its report into the build
     out_file = tmp_path / "cnv.json"
-    code = main(["fold", "cnv", "--variant", "tiny", "--build", str(cnv_tiny[1]), "--out", str(out_file)])
+    code = main(["fold", "cnv", "--variant", "tiny", "--build", str(build), "--out", str(out_file)])
     text = capsys.readouterr().out
     assert code == 0 and out_file.exists()
     assert "Reusing the specialised graph" in text and "Estimated" in text and "FPS" in text
-    assert main(["fold", "cnv", "--variant", "tiny", "--build", str(cnv_tiny[1]), "--lut-max", "2"]) == 2
+    assert main(["fold", "cnv", "--variant", "tiny", "--build", str(build), "--lut-max", "2"]) == 2
 
 
 @pytest.mark.slow
-def test_search_vs_target_fps_on_default_models(tmp_path_factory, board):
+def test_search_vs_target_fps_on_default_models(default_fold, board):
     """The search finds >= the estimated FPS of FINN's SetFolding at fitting resources (resnete, densenet, cnv)."""
     from bnnflow.build_flows.folding import compare_with_target_fps
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
     titles = {"cnv": "| CNV-W1A1 |", "resnete": "| ResNetE |", "densenet": "| BinaryDenseNet |"}
     for model in ("cnv", "resnete", "densenet"):
-        m, res = default_fold(model, tmp_path_factory)
+        m, res = default_fold(model)
         cmp = compare_with_target_fps(m, board, name=model, result=res)
         assert cmp["search_ge_baseline"], cmp["rows"]
         # the README's `bnnflow fold MODEL --compare` table (random calibrated weights): deterministic estimates

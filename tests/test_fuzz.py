@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from bnnflow.cli import main
 from bnnflow.errors import BnnflowError
 
-from test_inputs import one_sentence, snapshot
+from conftest import one_sentence, snapshot
 
 # derandomized: CI reruns the same examples (and no .hypothesis database is written)
 SLOW = settings(deadline=None, max_examples=12, derandomize=True, database=None,
@@ -145,7 +145,7 @@ def test_folding_files_never_damage_a_build(capsys, cnv_estimates, data):
         before = snapshot(folder)
         # a good config: --force rightly replaces the folder (a short build), --from-step re-runs the estimates
         stop = "qonnx_to_finn" if how == ["--force"] else "generate_estimate_reports"
-        outcome(capsys, ["build", "cnv", "--variant", "tiny", "--out", folder, "--folding", fold, "--stop-after",
+        outcome(capsys, ["build", "cnv", "--variant", "tiny", "--build", folder, "--folding", fold, "--stop-after",
                          stop, *how], folder, before)
     finally:
         shutil.rmtree(folder.parent, ignore_errors=True)
@@ -160,7 +160,7 @@ def test_target_fps_values(capsys, cnv_estimates, fps):
     folder = copy_of(cnv_estimates[0])
     try:
         before = snapshot(folder)
-        code = outcome(capsys, ["build", "cnv", "--variant", "tiny", "--out", folder, "--target-fps", fps,
+        code = outcome(capsys, ["build", "cnv", "--variant", "tiny", "--build", folder, "--target-fps", fps,
                                 "--from-step", flow_estimate(), "--stop-after", flow_estimate()], folder, before)
         assert (code == 0) == (1 <= fps <= 10**8)
     finally:
@@ -231,7 +231,7 @@ def test_damaged_checkpoints_never_replace_a_build(capsys, cnv_estimates, checkp
         ckpt = folder.parent / "m.pt"
         ckpt.write_bytes(raw)
         before = snapshot(folder)
-        assert outcome(capsys, ["build", "cnv", "--variant", "tiny", "--out", folder, "--force", "--checkpoint", ckpt,
+        assert outcome(capsys, ["build", "cnv", "--variant", "tiny", "--build", folder, "--force", "--checkpoint", ckpt,
                                 "--stop-after", "qonnx_to_finn"], folder, before) == 2
     finally:
         shutil.rmtree(folder.parent, ignore_errors=True)
@@ -245,6 +245,6 @@ def test_damaged_build_state_is_one_sentence(capsys, cnv_estimates, raw):
     try:
         (folder / "build_state.json").write_bytes(raw)
         before = snapshot(folder)
-        outcome(capsys, ["build", "cnv", "--variant", "tiny", "--out", folder, "--resume"], folder, before)
+        outcome(capsys, ["build", "cnv", "--variant", "tiny", "--build", folder, "--resume"], folder, before)
     finally:
         shutil.rmtree(folder.parent, ignore_errors=True)

@@ -1,12 +1,12 @@
 """Issue 13's careless user: every wrong folding config or flag ends in one sentence and a non-zero exit,
 and the build folder it was aimed at is byte-identical afterwards.
 
-One tiny CNV build per session (estimates only, tests/conftest.py), copied for each destructive try.
+One tiny CNV build per session (cut back to the estimates: tests/conftest.py's cnv_estimates), copied for
+each destructive try.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -15,18 +15,7 @@ import pytest
 
 from bnnflow.cli import main
 
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file and folder under `folder` with its content hash (folders: None)."""
-    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None)
-            for p in sorted(folder.rglob("*"))}
-
-
-def one_sentence(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("bnnflow: error: ") and lines[0].rstrip().endswith("."), lines[0]
-    return lines[0]
+from conftest import one_sentence, snapshot
 
 
 @pytest.fixture
@@ -68,7 +57,7 @@ def with_layer(config: dict, prefix: str, **attrs) -> tuple[dict, str]:
 def test_malformed_folding_json_keeps_the_build(capsys, victim, tmp_path, how):
     out, before = victim
     fold = folding_file(tmp_path, '{"MVAU_hls_0": {"PE": 3')
-    msg = refused(capsys, "build", "cnv", "--variant", "tiny", "--out", out, "--folding", fold, *how)
+    msg = refused(capsys, "build", "cnv", "--variant", "tiny", "--build", out, "--folding", fold, *how)
     assert "is not valid JSON" in msg and "fold.json" in msg
     assert snapshot(out) == before
 
@@ -87,7 +76,7 @@ def test_illegal_folding_is_refused_before_anything_changes(capsys, built, victi
                                                             how):
     out, before = victim
     config, _ = with_layer(built[1], prefix, **attrs)
-    msg = refused(capsys, "build", "cnv", "--variant", "tiny", "--out", out, "--folding",
+    msg = refused(capsys, "build", "cnv", "--variant", "tiny", "--build", out, "--folding",
                   folding_file(tmp_path, config), *how)
     assert needle in msg
     if "PE=3" in needle:  # the values allowed, from FINN's own shapes
@@ -98,7 +87,7 @@ def test_illegal_folding_is_refused_before_anything_changes(capsys, built, victi
 def test_unknown_layer_is_an_error_not_a_log_line(capsys, built, victim, tmp_path):
     out, before = victim
     fold = folding_file(tmp_path, {**built[1], "NoSuchLayer_7": {"PE": 1}})
-    msg = refused(capsys, "build", "cnv", "--variant", "tiny", "--out", out, "--from-step", "apply_folding_config",
+    msg = refused(capsys, "build", "cnv", "--variant", "tiny", "--build", out, "--from-step", "apply_folding_config",
                   "--folding", fold)
     assert "names layer 'NoSuchLayer_7', which this model does not have" in msg and "MVAU_hls_0" in msg
     assert snapshot(out) == before
@@ -107,7 +96,7 @@ def test_unknown_layer_is_an_error_not_a_log_line(capsys, built, victim, tmp_pat
 @pytest.mark.parametrize("fps", ["-10", "0", "100000001"])
 def test_nonsensical_target_fps(capsys, victim, fps):
     out, before = victim
-    msg = refused(capsys, "build", "cnv", "--variant", "tiny", "--out", out, "--force", "--target-fps", fps)
+    msg = refused(capsys, "build", "cnv", "--variant", "tiny", "--build", out, "--force", "--target-fps", fps)
     assert "--target-fps must be a frame rate from 1 to 100,000,000" in msg and msg.endswith(f"not {fps}.")
     assert snapshot(out) == before
 
@@ -131,19 +120,26 @@ def test_deploy_checks_its_inputs_before_building(capsys, tmp_path, extra, needl
     assert not build.exists() and not pkg.exists()
 
 
-def test_folding_after_the_folding_step_is_refused(capsys, built, victim, tmp_path):
-    out, before = victim
-    msg = refused(capsys, "build", "cnv", "--variant", "tiny", "--out", out, "--from-step",
-                  "generate_estimate_reports", "--folding", folding_file(tmp_path, built[1]))
-    assert "--from-step apply_folding_config" in msg
-    assert snapshot(out) == before
+def test_folding_given_after_the_folding_step_restarts_there(capsys, built, victim, tmp_path):
+    """A new folding with a later --from-step is applied (the build restarts at the folding step) and the
+    state records it, instead of being silently ignored as before."""
+    from bnnflow.build_flows import flow
+
+    out, _ = victim
+    fold = folding_file(tmp_path, built[1])
+    code = main([str(a) for a in ("build", "cnv", "--variant", "tiny", "--build", out, "--from-step",
+                                  flow.ESTIMATE_STEP, "--folding", fold, "--stop-after", flow.ESTIMATE_STEP)])
+    printed, err = capsys.readouterr()
+    assert code == 0 and not err and f"restarts at {flow.FOLDING_STEP}" in " ".join(printed.split())
+    state = flow.BuildState(out).data
+    assert state["folding"] == str(fold.resolve()) and state["identity"]["folding"].startswith("sha256:")
 
 
 def test_damaged_build_state_is_one_sentence(capsys, victim):
     out, _ = victim
     (out / "build_state.json").write_text('{"done": 3}')
     before = snapshot(out)
-    assert "is damaged" in refused(capsys, "build", "cnv", "--variant", "tiny", "--out", out, "--resume")
+    assert "is damaged" in refused(capsys, "build", "cnv", "--variant", "tiny", "--build", out, "--resume")
     assert snapshot(out) == before
 
 
@@ -158,7 +154,7 @@ def test_force_restores_the_old_build_when_the_new_one_fails(capsys, built, vict
     out, before = victim
     monkeypatch.setattr(build, "_check_folding_early", lambda *a: None)
     config, _ = with_layer(built[1], "MVAU", PE=3)
-    msg = refused(capsys, "build", "cnv", "--variant", "tiny", "--out", out, "--force", "--folding",
+    msg = refused(capsys, "build", "cnv", "--variant", "tiny", "--build", out, "--force", "--folding",
                   folding_file(tmp_path, config), "--random-weights")
     assert "PE=3 on layer 'MVAU_hls_0'" in msg
     assert snapshot(out) == before
@@ -174,7 +170,7 @@ def test_ctrl_c_during_force_restores_the_old_build(capsys, victim, monkeypatch)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(build, "prepare_network", interrupted)  # Ctrl-C while the new build has begun
-    code = main(["build", "cnv", "--variant", "tiny", "--out", str(out), "--force", "--random-weights"])
+    code = main(["build", "cnv", "--variant", "tiny", "--build", str(out), "--force", "--random-weights"])
     assert code == 130 and "holds the build it held before --force" in one_sentence(capsys.readouterr().err)
     assert snapshot(out) == before
 

@@ -127,13 +127,14 @@ def _grid_distance(bns) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.build
 def test_exact_ties_fail_verify_without_the_guard_and_pass_with_it(cifar_test, tmp_path, monkeypatch):
     """Builds a net whose boundaries sit on the integer grid (constructed here, not with the guard's helpers)
     twice: with the guard disabled verify must find images whose integer logits differ from Brevitas
     float64; with it every stage must equal Brevitas float64, logit for logit."""
     from rich.console import Console
 
-    from bnnflow.build_flows import build as build_mod
+    from bnnflow.build_flows import network
     from bnnflow.build_flows.build import BREVITAS_FILE, BuildRequest, run_build
     from bnnflow.build_flows.verify import FOLDED_STEP, verify_build
     from bnnflow.models.checkpoint import load_checkpoint, save_checkpoint
@@ -147,7 +148,7 @@ def test_exact_ties_fail_verify_without_the_guard_and_pass_with_it(cifar_test, t
     for guarded in (False, True):
         with monkeypatch.context() as mp:
             if not guarded:
-                mp.setattr(build_mod, "guard_rounding_ties", lambda n: {"channels_shifted": 0, "margin": 0.0})
+                mp.setattr(network, "guard_rounding_ties", lambda n: {"channels_shifted": 0, "margin": 0.0})
             out = tmp_path / f"guard-{guarded}"
             run_build(BuildRequest("cnv", "tiny", checkpoint=ckpt, out=out, stop_after=FOLDED_STEP),
                       Console(quiet=True))

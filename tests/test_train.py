@@ -1,7 +1,7 @@
 """`bnnflow train` / `evaluate`, ReCU and the PSI optimizer, on real CIFAR-10 images.
 
 Runs are tiny (the tiny variants, a few dozen images) so the file stays fast; the one test
-that builds the FINN graph is marked slow.
+that builds the FINN graph is marked slow (and build).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from bnnflow.models import psi, recu
 from bnnflow.models.checkpoint import load_checkpoint, read_checkpoint
 from bnnflow.models.train import TrainConfig, evaluate_tensors, make_optimizers, prepare_model, train
 
+from conftest import one_sentence
+
 
 RUN = ["--variant", "tiny", "--subset", "64", "--val-size", "64", "--test-subset", "100", "--batch-size", "32",
        "--threads", "2", "--no-progress", "--no-compile"]
@@ -29,12 +31,6 @@ def cli(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def one_sentence(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("bnnflow: error: ") and lines[0].endswith("."), err
-    return lines[0]
 
 
 def tensors_equal(a: dict, b: dict) -> bool:
@@ -94,7 +90,7 @@ def runs(tmp_path_factory, cifar_train):
     root = tmp_path_factory.mktemp("runs")
     common = ["train", "resnete", *RUN, "--epochs", "2", "--recu", "--optimizer", "psi", "--seed", "3"]
     assert main(common + ["--out", str(root / "straight")]) == 0
-    assert main(common + ["--out", str(root / "split"), "--stop-after", "1"]) == 0
+    assert main(common + ["--out", str(root / "split"), "--stop-after-epoch", "1"]) == 0
     first = read_checkpoint(root / "split" / "last.pt")
     assert main(["train", "--resume", "--out", str(root / "split"), "--no-progress"]) == 0
     return root, first
@@ -148,7 +144,7 @@ def test_evaluate_cli_brevitas_only(runs, cifar_test, tmp_path, capsys):
     np.savez(small, x=x[:100], y=y[:100])
     report = tmp_path / "eval.json"
     code, out, _ = cli(capsys, "evaluate", root / "straight" / "best.pt", "--hw-images", "0", "--data", small,
-                       "--report", report)
+                       "--out", report)
     assert code == 0 and "Brevitas top-1" in out
     meta = read_checkpoint(root / "straight" / "best.pt")["meta"]
     import json
@@ -344,10 +340,11 @@ def test_psi_covers_sign_and_batch_norm_weights():
 
 
 @pytest.mark.slow
+@pytest.mark.build
 def test_evaluate_hardware_graph_agrees(runs, tmp_path, capsys):
     root, _ = runs
     code, out, _ = cli(capsys, "evaluate", root / "straight" / "best.pt", "--hw-images", "20",
-                       "--build", tmp_path / "build", "--report", tmp_path / "eval.json")
+                       "--build", tmp_path / "build", "--out", tmp_path / "eval.json")
     import json
 
     hw = json.loads((tmp_path / "eval.json").read_text())["hardware"]

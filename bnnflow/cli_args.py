@@ -1,0 +1,114 @@
+"""One CLI vocabulary: the argument groups every subcommand shares, and the BuildRequest they make.
+
+The same flag means the same thing in every command:
+  --build DIR     a build folder (built there when it does not hold the build yet)
+  --out PATH      the command's own product (a build's folder for build/estimate, the folding
+                  JSON for fold, the package for deploy, the run folder for train, ...)
+  --lut-max/--bram-max  the budget, wherever fit is judged
+Old spellings stay as hidden aliases for one release. Nothing heavy is imported here, so
+`bnnflow --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bnnflow.catalog import MODEL_NAMES
+
+DEFAULT_BOARD = "pynq-z2"
+DATA_HELP = "CIFAR-10 copy: .npz, cifar-10-batches-py folder, or its parent; default: $BNNFLOW_DATA or ../shared/data"
+
+
+def hidden_alias(p: argparse.ArgumentParser, flag: str, dest: str, **kw) -> None:
+    """An old spelling that still works for one release but is no longer shown."""
+    p.add_argument(flag, dest=dest, help=argparse.SUPPRESS, **kw)
+
+
+def add_model_args(p: argparse.ArgumentParser, board: bool = True) -> None:
+    p.add_argument("model", help=f"network: {', '.join(MODEL_NAMES)}")
+    p.add_argument("--variant", default="default", help="width/depth variant (see 'bnnflow models'); "
+                                                         "default: %(default)s")
+    p.add_argument("--checkpoint", type=Path, help="trained .pt from 'bnnflow train'; default: the committed "
+                                                     "models/checkpoints/MODEL-VARIANT.pt where one exists, else "
+                                                     "random weights with batch-norm statistics calibrated on CIFAR-10")
+    p.add_argument("--random-weights", action="store_true",
+                   help="ignore the committed checkpoint and build calibrated random weights")
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights; default: %(default)s")
+    if board:
+        add_board_arg(p)
+
+
+def add_board_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--board", default=DEFAULT_BOARD, help="target board (see 'bnnflow boards'); default: %(default)s")
+
+
+def add_build_dir_arg(p: argparse.ArgumentParser, help_text: str | None = None, out_alias: bool = False) -> None:
+    p.add_argument("--build", type=Path, metavar="DIR",
+                   help=help_text or "build folder, reused when it holds this build and built there otherwise; "
+                                     "default: build/MODEL-VARIANT-BOARD")
+    if out_alias:  # build, estimate and verify called the build folder --out before
+        hidden_alias(p, "--out", "build", type=Path)
+
+
+def add_budget_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lut-max", type=float, help="share of the device's LUTs the design may use; default: the "
+                                                 "board's (0.85 on the PYNQ-Z2)")
+    p.add_argument("--bram-max", type=float, help="share of the device's BRAM the design may use; default: the "
+                                                  "board's (0.95 on the PYNQ-Z2)")
+
+
+def add_flow_args(p: argparse.ArgumentParser, restart: bool = True) -> None:
+    """Where a build starts (restart: --resume / --from-step), and its folding."""
+    if restart:
+        p.add_argument("--resume", action="store_true", help="continue an existing build after its last "
+                                                             "finished step")
+        p.add_argument("--from-step", metavar="STEP", help="re-run an existing build from this step "
+                                                           "(see 'bnnflow steps')")
+    p.add_argument("--force", action="store_true", help="replace an existing build folder")
+    p.add_argument("--target-fps", type=int, help="let FINN pick the folding for this frame rate "
+                                                   "(used when the board has no folding config for the model)")
+    p.add_argument("--folding", type=Path, help="folding config JSON to apply instead of "
+                                                "hw/folding/BOARD/MODEL-VARIANT.json, or 'auto' for bnnflow's "
+                                                "folding search (see 'bnnflow fold')")
+
+
+def add_data_args(p: argparse.ArgumentParser, download: bool = False) -> None:
+    p.add_argument("--data", type=Path, help=DATA_HELP)
+    if download:
+        p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data if it is missing")
+
+
+def build_args(p: argparse.ArgumentParser, out_alias: bool = True, restart: bool = True) -> None:
+    """Everything a command that builds takes; out_alias: accept the old --out for --build."""
+    add_model_args(p)
+    add_build_dir_arg(p, out_alias=out_alias)
+    add_flow_args(p, restart)
+    add_budget_args(p)
+
+
+def weights_named(args) -> bool:
+    """Did the user name the weights (--checkpoint, --random-weights), rather than take the default?"""
+    explicit = getattr(args, "checkpoint", None) is not None and not getattr(args, "checkpoint_defaulted", False)
+    return explicit or getattr(args, "random_weights", False)
+
+
+def request_from_args(args, **overrides):
+    """The BuildRequest of a parsed command line (the one place argparse becomes a request).
+
+    A command given an existing folder (--build, --resume, --from-step) without --checkpoint or
+    --random-weights takes the weights that folder holds.
+    """
+    from bnnflow.build_flows.identity import BuildRequest
+
+    continuing = getattr(args, "resume", False) or getattr(args, "from_step", None) is not None
+    fields = dict(model=args.model, variant=args.variant, board=getattr(args, "board", DEFAULT_BOARD),
+                  checkpoint=args.checkpoint,
+                  out=getattr(args, "build", None), resume=getattr(args, "resume", False),
+                  from_step=getattr(args, "from_step", None), stop_after=getattr(args, "stop_after", None),
+                  force=getattr(args, "force", False), target_fps=getattr(args, "target_fps", None),
+                  folding=getattr(args, "folding", None), seed=getattr(args, "seed", 0),
+                  lut_max=getattr(args, "lut_max", None), bram_max=getattr(args, "bram_max", None),
+                  any_weights=not weights_named(args) and (continuing or getattr(args, "build", None) is not None))
+    fields.update(overrides)
+    return BuildRequest(**fields)

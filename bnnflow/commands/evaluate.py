@@ -1,0 +1,129 @@
+"""`bnnflow evaluate`: a checkpoint's test top-1 in PyTorch, and its FINN hardware graph image for image.
+
+Brevitas: top-1 on the full CIFAR-10 test set (models/evaluate.py). Hardware: the checkpoint is
+built to FINN's estimate step (build.ensure_build) and the folded dataflow graph is executed
+functionally on the first --hw-images test images (verify.compare_with_brevitas); its integer
+logits and top-1 must equal Brevitas' image for image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bnnflow.cli_args import add_board_arg, add_data_args, hidden_alias
+from bnnflow.errors import BnnflowError
+
+DEFAULT_HW_IMAGES = 100
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="test top-1 of a checkpoint: Brevitas on all 10,000 images, the FINN graph image for image",
+        description="Top-1 of a trained checkpoint on the full CIFAR-10 test set with Brevitas, then the same "
+                    "checkpoint built to FINN's estimate step and its folded hardware graph executed on "
+                    "--hw-images test images: the hardware must agree with Brevitas on every image.")
+    p.add_argument("checkpoint", type=Path, help="best.pt written by 'bnnflow train' (or any bnnflow checkpoint)")
+    p.add_argument("--hw-images", type=int, default=DEFAULT_HW_IMAGES,
+                   help="test images for the hardware graph, 0 to skip the build; default: %(default)s")
+    add_board_arg(p)
+    p.add_argument("--build", type=Path, metavar="DIR", help="build folder; default: build/eval-MODEL-VARIANT-BOARD-SHA "
+                                                             "(reused when it holds this checkpoint)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the build folder exists")
+    add_data_args(p)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="for the Brevitas pass")
+    p.add_argument("--threads", type=int, help="CPU threads for torch; default: all cores")
+    p.add_argument("--out", type=Path, help="also write the result as JSON here")
+    hidden_alias(p, "--report", "out", type=Path)
+
+
+def hardware_build(checkpoint: Path, payload: dict, sha: str, board: str, build: Path | None, force: bool,
+                   console) -> Path:
+    """A build of `checkpoint` that reached the estimate step: reused, continued or made."""
+    from bnnflow.build_flows import flow
+    from bnnflow.build_flows.build import ensure_build
+    from bnnflow.build_flows.identity import BuildRequest
+
+    out = Path(build or Path("build") / f"eval-{payload['model']}-{payload['variant']}-{board}-{sha[:12]}")
+    req = BuildRequest(model=payload["model"], variant=payload["variant"], board=board, checkpoint=checkpoint,
+                       out=out, force=force)
+    out, reused, _ = ensure_build(req, flow.FOLDED_STEP, console)
+    if reused:
+        console.print(f"Reusing the build in {out}.")
+    if flow.FOLDED_STEP not in flow.BuildState(out).done:
+        raise BnnflowError(f"The build in {out} stopped before '{flow.FOLDED_STEP}': see {out / 'build.log'}.")
+    return out
+
+
+def evaluate_checkpoint(checkpoint: Path, hw_images: int = DEFAULT_HW_IMAGES, board: str = "pynq-z2",
+                        build: Path | None = None, force: bool = False, data: Path | None = None,
+                        device: str = "auto", console=None) -> dict:
+    from rich.console import Console
+
+    from bnnflow.build_flows.verify import compare_with_brevitas
+    from bnnflow.digest import file_sha256
+    from bnnflow.models.checkpoint import load_checkpoint, read_checkpoint
+    from bnnflow.models.data import load_cifar10
+    from bnnflow.models.evaluate import brevitas_top1
+    from bnnflow.models.train import pick_device
+
+    console = console or Console(quiet=True)
+    if hw_images < 0:
+        raise BnnflowError(f"--hw-images must be 0 (skip the hardware) or more, got {hw_images}.")
+    raw = read_checkpoint(checkpoint)
+    if any(".parametrizations." in k for k in raw["state_dict"]):
+        raise BnnflowError(f"{checkpoint} holds ReCU/PSI latent training weights (a last.pt): evaluate the best.pt "
+                           "of the same run, which holds the weights the hardware uses.")
+    del raw
+    net, payload = load_checkpoint(checkpoint)
+    x, y = load_cifar10(data, "test")
+    if hw_images > len(x):
+        raise BnnflowError(f"--hw-images {hw_images} is more than the {len(x)} test images available.")
+    with console.status(f"Brevitas: {len(x)} test images..."):
+        top1, logits = brevitas_top1(net, x, y, pick_device(device))
+    meta = payload.get("meta", {})
+    result = {"checkpoint": str(checkpoint), "model": payload["model"], "variant": payload["variant"],
+              "test_images": int(len(x)), "brevitas_top1": top1, "recorded_test_top1": meta.get("test_top1"),
+              "hardware": None}
+    console.print(f"{payload['model']}/{payload['variant']}: Brevitas top-1 {top1:.2%} on {len(x)} CIFAR-10 test "
+                  "images" + (f" (recorded at training: {meta['test_top1']:.2%} on {meta.get('test_images')})"
+                              if meta.get("test_top1") is not None else ""))
+    if hw_images:
+        out = hardware_build(Path(checkpoint), payload, file_sha256(checkpoint), board, build, force, console)
+        with console.status(f"FINN folded graph: {hw_images} test images..."):
+            hw = compare_with_brevitas(out, logits[:hw_images], x[:hw_images], y[:hw_images])
+        result["hardware"] = hw
+        ok = hw["same_top1"] == hw_images
+        console.print(f"FINN hardware graph ({board}): top-1 {hw['hardware_top1']:.2%} on the first {hw_images} "
+                      f"images (Brevitas {hw['brevitas_top1']:.2%}); "
+                      f"[{'green' if ok else 'red'}]same top-1 on {hw['same_top1']}/{hw_images}[/], "
+                      f"identical integer logits on {hw['identical_integer_logits']}/{hw_images}.")
+    result["agree"] = result["hardware"] is None or result["hardware"]["same_top1"] == hw_images
+    return result
+
+
+def cmd_evaluate(args) -> int:
+    import os
+
+    import torch
+    from rich.console import Console
+
+    from bnnflow.atomic import write_json
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise BnnflowError(f"--threads must be at least 1, got {args.threads}.")
+        torch.set_num_threads(args.threads)
+    else:
+        torch.set_num_threads(os.cpu_count() or 1)
+    console = Console(highlight=False)
+    result = evaluate_checkpoint(args.checkpoint, args.hw_images, args.board, args.build, args.force, args.data,
+                                 args.device, console)
+    if args.out:
+        write_json(args.out, result)
+    if not result["agree"]:
+        console.print("[red]The hardware graph disagrees with Brevitas on some images.[/]")
+        return 1
+    return 0
+
+
+COMMANDS = {"evaluate": cmd_evaluate}

@@ -1,0 +1,424 @@
+"""FINN's own cppsim of every HLS layer, without Vitis HLS: `bnnflow verify --sim N`.
+
+FINN's `PrepareCppSim` generates each HLS node's C++ testbench (finn-hlslib templates instantiated by
+FINN), `CompileCppSim` compiles it with g++ and `execute_onnx(exec_mode="cppsim")` runs the graph,
+HLS nodes through their binaries, RTL nodes through FINN's Python model of the node (FINN's own
+behaviour in cppsim mode). Vitis HLS normally supplies the headers and libraries those binaries
+need; here a stand-in `XILINX_HLS` folder is laid out in the build folder (see
+../shared/notes/vendor-free-sim.md):
+
+* `xilinx_hls/include/`: the open-source ap_int headers (HLS_arbitrary_Precision_Types), with
+  `ap_int_base.h`/`ap_fixed_base.h` copied and given the Vitis member `sign_flag` (finn-hlslib's
+  LabelSelect static_asserts on it), plus the project's shims in hw/hls_shims/ (`hls_stream.h`,
+  `hls_vector.h`, `hls_half.h`, `ap_float.h`, `hls_math.h`, `ap_axi_sdata.h`, and `ap_int.h`/
+  `ap_fixed.h` wrappers that add `half` as Vitis's do);
+* `xilinx_hls/lnx64/...`: empty archives for the Vitis csim libraries FINN always links
+  (compat.CPPSIM_STUB_LIBS);
+* `finn_deps/finn-hlslib/`: finn-hlslib, with hw/hlslib_compat/ for what finn-plus 1.6.1 generates
+  but the obtainable finn-hlslib (0141fa8) lacks: `unflatten` (flatten.hpp), the hls::vector Pool API
+  (pool.hpp, our re-implementation) and `dup.hpp` (finn-hlslib's own file, a newer commit).
+
+Third-party sources are found, in order: a real Vitis HLS install (`XILINX_HLS` with `hls_stream.h`:
+its own headers, no shims); `BNNFLOW_HLS_DEPS` or ../shared/vendor next to the repository;
+finn-hlslib in FINN's own FINN_DEPS. Without them `unavailable()` says why in one sentence.
+
+Compiled binaries are cached in BUILD/cppsim/ and reused while the folded graph, the shims, the
+sources and the compiler flags are unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bnnflow import compat
+
+REPO = Path(__file__).resolve().parents[1]
+SHIMS = REPO / "hw" / "hls_shims"
+HLSLIB_COMPAT = REPO / "hw" / "hlslib_compat"
+ENV_DEPS = "BNNFLOW_HLS_DEPS"
+SHARED_VENDOR = REPO.parent / "shared" / "vendor"
+CACHE_DIR = "cppsim"
+CACHE_MODEL = "cppsim.onnx"
+CACHE_KEY = "cache_key.json"
+AP_PATCHED = ("ap_int_base.h", "ap_fixed_base.h")  # copied with `sign_flag` added
+AP_WRAPPED = ("ap_int.h", "ap_fixed.h")  # our wrappers in hw/hls_shims; the real ones in include/ap_oss/
+HLSLIB_REPLACED = {"flatten.hpp": "flatten_upstream.hpp", "pool.hpp": None}  # compat file -> upstream kept as
+HLS = "HLS C++ (cppsim)"
+PYTHON = "Python model"
+# HLS nodes whose finn-hlslib function is the project's re-implementation (hw/hlslib_compat/pool.hpp)
+HLS_REIMPLEMENTED = {"Pool_hls": "HLS C++ (cppsim), Pool API re-implemented by bnnflow"}
+
+
+@dataclass
+class Sources:
+    """Where the third-party C++ comes from."""
+
+    hlslib: Path  # finn-hlslib
+    ap_include: Path | None = None  # open-source ap_int headers (None with a real Vitis)
+    vitis: Path | None = None  # a real XILINX_HLS
+    extra: list[Path] = field(default_factory=list)  # single files newer than `hlslib` (dup.hpp)
+    origin: str = ""
+
+    def describe(self) -> str:
+        return self.origin
+
+
+def _vendor_root() -> Path:
+    return Path(os.environ.get(ENV_DEPS) or SHARED_VENDOR)
+
+
+def _finn_hlslib() -> Path | None:
+    """finn-hlslib as FINN's own `finn deps update` fetches it, if present."""
+    try:
+        from finn.util.settings import get_settings
+
+        p = Path(get_settings().finn_deps) / "finn-hlslib"
+    except Exception:
+        p = Path(os.environ.get("FINN_DEPS", "/nonexistent")) / "finn-hlslib"
+    return p if (p / "bnn-library.h").is_file() else None
+
+
+def find_sources() -> Sources | str:
+    """The sources cppsim needs, or one sentence saying what is missing."""
+    vendor = _vendor_root()
+    hlslib = vendor / "finn-hlslib" if (vendor / "finn-hlslib" / "bnn-library.h").is_file() else _finn_hlslib()
+    extra = [p for p in [vendor / "finn-hlslib-extra" / "dup.hpp"] if p.is_file()]
+    vitis = os.environ.get("XILINX_HLS")
+    if vitis and (Path(vitis) / "include" / "hls_stream.h").is_file() and \
+            (Path(vitis) / "include" / "ap_int.h").is_file():
+        if hlslib is None:
+            return (f"HLS C++ simulation (cppsim) was not run: Vitis HLS is at {vitis} but finn-hlslib was not found "
+                    f"(set {ENV_DEPS} to a folder with finn-hlslib, or run FINN's 'finn deps update').")
+        return Sources(hlslib=hlslib, vitis=Path(vitis), extra=extra,
+                       origin=f"Vitis HLS headers from {vitis}, finn-hlslib from {hlslib}")
+    ap = vendor / "HLS_arbitrary_Precision_Types" / "include"
+    if not (ap / "ap_int.h").is_file():
+        return (f"HLS C++ simulation (cppsim) was not run: the open-source ap_int headers were not found "
+                f"(set {ENV_DEPS} to a folder with HLS_arbitrary_Precision_Types and finn-hlslib, "
+                f"or XILINX_HLS to a Vitis HLS install).")
+    if hlslib is None:
+        return (f"HLS C++ simulation (cppsim) was not run: finn-hlslib was not found in {vendor} "
+                f"(set {ENV_DEPS} to a folder with finn-hlslib and HLS_arbitrary_Precision_Types).")
+    more = f" (+{', '.join(p.name for p in extra)} from a newer finn-hlslib commit)" if extra else ""
+    return Sources(hlslib=hlslib, ap_include=ap, extra=extra,
+                   origin=f"open-source ap_int ({ap.parent.name}) and finn-hlslib{more} from {hlslib.parent}")
+
+
+def _compiler_problem() -> str | None:
+    """None when g++ (>= 12 for _Float16) and zlib's headers work, else one sentence."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        return "HLS C++ simulation (cppsim) was not run: g++ was not found on PATH."
+    src = "#include <zlib.h>\n_Float16 h;\nint main() { return 0; }\n"
+    try:
+        r = subprocess.run([gxx, "-fsyntax-only", "-x", "c++", "-"], input=src, capture_output=True, text=True,
+                           timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return "HLS C++ simulation (cppsim) was not run: g++ could not be started."
+    if r.returncode != 0:
+        return ("HLS C++ simulation (cppsim) was not run: g++ cannot compile against zlib with _Float16 "
+                "(needs g++ 12 or newer and zlib1g-dev).")
+    return None
+
+
+def unavailable() -> str | None:
+    """Why cppsim cannot run here (one sentence), or None when it can."""
+    src = find_sources()
+    return src if isinstance(src, str) else _compiler_problem()
+
+
+def hlslib_compat_needed(hlslib: Path) -> dict[str, bool]:
+    """Which hw/hlslib_compat files this finn-hlslib needs: the one finn-plus pins (8d979e2) has
+    `unflatten` and the hls::vector Pool API itself; 0141fa8 has neither."""
+    def text(name: str) -> str:
+        try:
+            return (hlslib / name).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    return {"flatten.hpp": "unflatten" not in text("flatten.hpp"),
+            "pool.hpp": "class MaxPoolFunction : public PoolFunction<T, T, size>" in text("pool.hpp")
+            or "Pool_batch" not in text("pool.hpp")}
+
+
+def stand_ins(sources: Sources) -> list[str]:
+    """The project's own files the simulation uses instead of Vitis's / finn-hlslib's."""
+    out = []
+    if sources.vitis is None:
+        out += sorted(p.name for p in SHIMS.glob("*.h"))
+        out += [f"{h} (+sign_flag)" for h in AP_PATCHED]
+    need = hlslib_compat_needed(sources.hlslib)
+    if need["flatten.hpp"]:
+        out.append("flatten.hpp (+unflatten)")
+    if need["pool.hpp"]:
+        out.append("pool.hpp (hls::vector Pool API, re-implemented)")
+    return out
+
+
+# ------------------------------------------------------------------ the stand-in XILINX_HLS / FINN_DEPS folders
+
+
+def add_sign_flag(text: str, struct: str) -> str:
+    """A copy of ap_int_base.h / ap_fixed_base.h with Vitis's `static const bool sign_flag = _AP_S;`."""
+    head = f"struct {struct} : "
+    i = text.find(head)
+    if i < 0:
+        raise ValueError(f"{struct} not found")
+    j = text.index("public:", i) + len("public:")
+    return text[:j] + "\n  static const bool sign_flag = _AP_S;  // added by bnnflow (Vitis has it)" + text[j:]
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_symlink() or dst.exists():
+        dst.unlink()
+    dst.symlink_to(src)
+
+
+def layout(sources: Sources, dest: Path) -> tuple[Path, Path]:
+    """Lay out (XILINX_HLS, FINN_DEPS) stand-ins under dest; returns both paths."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    deps = dest / "finn_deps"
+    hlslib = deps / "finn-hlslib"
+    hlslib.mkdir(parents=True)
+    (deps / "attention-hlslib").mkdir()  # FINN adds it to -I
+    need = hlslib_compat_needed(sources.hlslib)
+    for p in sources.hlslib.iterdir():
+        if need.get(p.name):
+            if HLSLIB_REPLACED[p.name]:
+                _link(p, hlslib / HLSLIB_REPLACED[p.name])
+            continue
+        _link(p, hlslib / p.name)
+    for name in HLSLIB_REPLACED:
+        if need[name]:
+            _link(HLSLIB_COMPAT / name, hlslib / name)
+    for p in sources.extra:
+        if not (hlslib / p.name).exists():
+            _link(p, hlslib / p.name)
+    if sources.vitis is not None:
+        return sources.vitis, deps
+    xhls = dest / "xilinx_hls"
+    inc = xhls / "include"
+    inc.mkdir(parents=True)
+    ap = sources.ap_include
+    for p in ap.iterdir():
+        if p.name in AP_PATCHED or p.name in AP_WRAPPED:
+            continue
+        _link(p, inc / p.name)
+    _link(ap, inc / "ap_oss")
+    for name in AP_PATCHED:
+        struct = name.removesuffix(".h")
+        (inc / name).write_text(add_sign_flag((ap / name).read_text(), struct))
+    for p in SHIMS.glob("*.h"):
+        _link(p, inc / p.name)
+    compat.write_cppsim_stub_libs(xhls)
+    return xhls, deps
+
+
+@contextlib.contextmanager
+def finn_cppsim_environment(xilinx_hls: Path, finn_deps: Path, build_dir: Path):
+    """Point FINN's settings and environment at the stand-ins while inside; restored afterwards."""
+    compat.finn_ready()
+    from finn.util.settings import get_settings
+
+    import finn
+
+    settings = get_settings()
+    names = ("XILINX_HLS", "FINN_DEPS", "FINN_CUSTOM_HLS", "FINN_BUILD_DIR")
+    saved_env = {k: os.environ.get(k) for k in names}
+    saved_deps, saved_build = settings.finn_deps, settings.finn_build_dir
+    try:
+        os.environ["XILINX_HLS"] = str(xilinx_hls)
+        os.environ.update(compat.finn_custom_hls_env(Path(finn.__file__).parent))
+        settings.finn_deps = finn_deps
+        os.environ["FINN_DEPS"] = str(finn_deps)
+        compat.set_finn_build_dir(build_dir)
+        yield
+    finally:
+        settings.finn_deps = saved_deps
+        settings.finn_build_dir = saved_build
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# ------------------------------------------------------------------ prepare, compile (cached), run
+
+
+@contextlib.contextmanager
+def _quiet_finn_log():
+    """FINN logs every g++ warning (finn-hlslib's deprecated std::binary_function, ...) at WARNING level;
+    errors still show."""
+    log = logging.getLogger("finn_logger")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _tree_digest(h, root: Path) -> None:
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+
+
+def cache_key(child, out: Path, sources: Sources, fast: bool) -> str:
+    """What the compiled binaries depend on: the graph, the build folder (the generated code holds
+    absolute paths into it), the shims, the third-party sources, finn-plus, g++ and the flags."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    h = hashlib.sha256()
+    h.update(child.model.SerializeToString())
+    h.update(str(Path(out).resolve()).encode())
+    h.update(json.dumps({"fast": fast, "sources": sources.describe()}).encode())
+    trees = [SHIMS, HLSLIB_COMPAT, sources.hlslib] + ([sources.ap_include] if sources.ap_include else [])
+    for root in trees:
+        _tree_digest(h, root)
+    for p in sources.extra:
+        h.update(p.read_bytes())
+    try:
+        h.update(version("finn-plus").encode())
+    except PackageNotFoundError:
+        pass
+    r = subprocess.run(["g++", "--version"], capture_output=True, text=True)
+    h.update(r.stdout.encode())
+    return h.hexdigest()
+
+
+def _hls_nodes(model) -> list:
+    from finn.util.fpgadataflow import is_hls_node
+
+    return [n for n in model.graph.node if is_hls_node(n)]
+
+
+def _node_attr(model, node, name):
+    from qonnx.custom_op.registry import getCustomOp
+
+    return getCustomOp(node).get_nodeattr(name)
+
+
+@dataclass
+class Prepared:
+    model: object  # ModelWrapper in cppsim exec mode
+    reused: bool
+    seconds: float
+    sources: Sources
+    shim_warnings: list[str] = field(default_factory=list)  # set by run_images
+
+
+def prepare(out: Path, child, sources: Sources, fast: bool = True, workers: int | None = None) -> Prepared:
+    """The folded graph `child` of build `out`, with every HLS node's cppsim binary compiled (or reused)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    out = Path(out).resolve()
+    cache = out / CACHE_DIR
+    key = cache_key(child, out, sources, fast)
+    t0 = time.time()
+    try:
+        saved = json.loads((cache / CACHE_KEY).read_text())
+    except (OSError, ValueError):
+        saved = {}
+    if saved.get("key") == key and (cache / CACHE_MODEL).is_file():
+        m = ModelWrapper(str(cache / CACHE_MODEL))
+        if all(Path(_node_attr(m, n, "executable_path") or "/nonexistent").is_file() for n in _hls_nodes(m)):
+            return Prepared(m, True, time.time() - t0, sources)
+    from finn.transformation.fpgadataflow.compile_cppsim import CompileCppSim
+    from finn.transformation.fpgadataflow.prepare_cppsim import PrepareCppSim
+    from finn.transformation.fpgadataflow.set_exec_mode import SetExecMode
+
+    if cache.exists():
+        shutil.rmtree(cache)
+    cache.mkdir(parents=True)
+    xhls, deps = layout(sources, cache / "env")
+    workers = workers or max(1, min(len(os.sched_getaffinity(0)), 4))
+    m = ModelWrapper(copy.deepcopy(child.model))  # the caller's graph stays as it is
+    with finn_cppsim_environment(xhls, deps, cache / "code"), _quiet_finn_log():
+        m = m.transform(PrepareCppSim(num_workers=workers))
+        with compat.cppsim_fast_flags(fast):
+            m = m.transform(CompileCppSim(num_workers=workers))
+    m = m.transform(SetExecMode("cppsim"))
+    m.save(str(cache / CACHE_MODEL))
+    (cache / CACHE_KEY).write_text(json.dumps({"key": key, "fast_flags": fast,
+                                               "sources": sources.describe()}, indent=1) + "\n")
+    return Prepared(m, False, time.time() - t0, sources)
+
+
+def run_images(prepared: Prepared, x: np.ndarray) -> tuple[dict[str, np.ndarray], float, set[str]]:
+    """Every tensor of the graph (batch first) for the images x (N x graph input shape[1:]), one image at a
+    time; the seconds it took; and the HLS nodes whose binary wrote its output for every image (the proof
+    that the node ran as C++, not as a Python fallback)."""
+    from finn.core.onnx_exec import execute_onnx
+
+    m = prepared.model
+    inp = m.graph.input[0].name
+    outputs = {n.name: [Path(_node_attr(m, n, "code_gen_dir_cppsim")) / f"output_{k}.npy" for k in range(len(n.output))]
+               for n in _hls_nodes(m)}
+    per_image: list[dict] = []
+    ran = set(outputs)
+    seconds = 0.0
+    cwd = os.getcwd()
+    warnings_seen = _ShimWarnings()
+    log = logging.getLogger("finn_logger")
+    level = log.level
+    log.setLevel(min(log.getEffectiveLevel(), logging.WARNING))  # FINN logs a binary's stderr as WARNING
+    log.addHandler(warnings_seen)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bnnflow_cppsim_") as tmp:
+            os.chdir(tmp)  # FINN's Python models of some RTL nodes write scratch files to the cwd
+            for img in x:
+                for files in outputs.values():
+                    for f in files:
+                        f.unlink(missing_ok=True)
+                t0 = time.time()
+                ctx = execute_onnx(m, {inp: np.asarray(img, dtype=np.float32)[None]}, return_full_exec_context=True)
+                seconds += time.time() - t0
+                ran &= {name for name, files in outputs.items() if all(f.is_file() for f in files)}
+                per_image.append(ctx)
+    finally:
+        os.chdir(cwd)
+        log.removeHandler(warnings_seen)
+        log.setLevel(level)
+    prepared.shim_warnings = warnings_seen.lines
+    names = [t for n in m.graph.node for t in n.output]
+    return {t: np.concatenate([c[t] for c in per_image]) for t in names}, seconds, ran
+
+
+class _ShimWarnings(logging.Handler):
+    """Collects what the hls_stream.h shim printed (FINN logs a binary's stderr): a read from an empty
+    stream or data left in a stream means the C++ did not consume/produce what FINN expected."""
+
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        for line in str(record.getMessage()).splitlines():
+            if line.startswith("hls_shim:") and line not in self.lines:
+                self.lines.append(line)
+
+
+def node_kinds(model, sources: Sources) -> dict[str, str]:
+    """node name -> what it ran as in cppsim mode (HLS, PYTHON, or HLS with our re-implemented Pool API)."""
+    from finn.util.fpgadataflow import is_hls_node
+
+    ours = HLS_REIMPLEMENTED if hlslib_compat_needed(sources.hlslib)["pool.hpp"] else {}
+    return {n.name: (ours.get(n.op_type, HLS) if is_hls_node(n) else PYTHON) for n in model.graph.node}

@@ -1,0 +1,209 @@
+"""The training recipe: options, defaults, checks, TrainConfig, and its command-line form.
+
+`bnnflow --help` loads this file on its own (bnnflow/cli.py `_light`), outside the
+bnnflow.models package: so nothing heavy and no relative import at module level. The command
+itself (bnnflow/commands/train.py) imports the training only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bnnflow.catalog import MODEL_NAMES
+from bnnflow.errors import BnnflowError
+
+MODELS = MODEL_NAMES
+OPTIMIZERS = ("adam", "sgd", "psi")
+DEFAULT_LR = {"adam": 2e-3, "sgd": 0.1, "psi": 2e-3}  # psi: lr of the Adam part
+DEFAULT_PSI_LR = 30.0  # angular steps like Adam 2e-3 (steps on the RMS-1 representative, see psi.py)
+ENGINES = ("fast", "brevitas")
+DEFAULT_VAL_SIZE = 5000  # the last 5,000 training images select best.pt; the test set never does
+# recipe options: None on the command line means "default" for a new run, "as saved" for --resume
+RECIPE_DEFAULTS = dict(variant="default", epochs=150, batch_size=128, lr=None, optimizer="adam", psi_lr=DEFAULT_PSI_LR,
+                       momentum=0.9, weight_decay=0.0, seed=0, recu=False, tau_start=0.85, tau_end=0.99, subset=None,
+                       test_subset=None, val_size=DEFAULT_VAL_SIZE, label_smoothing=0.0, warmup_epochs=0)
+FIXED_ON_RESUME = ("model", "variant", "batch_size", "lr", "optimizer", "psi_lr", "momentum", "weight_decay", "seed",
+                   "recu", "tau_start", "tau_end", "subset", "test_subset", "val_size", "label_smoothing",
+                   "warmup_epochs")
+# how each step is computed may change on --resume (same state, other arithmetic): logged per epoch
+ENGINE_KEYS = ("engine", "bf16", "compile")
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    variant: str = "default"
+    epochs: int = 150
+    batch_size: int = 128
+    lr: float | None = None
+    optimizer: str = "adam"
+    psi_lr: float = DEFAULT_PSI_LR
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    recu: bool = False
+    tau_start: float = 0.85
+    tau_end: float = 0.99
+    label_smoothing: float = 0.0
+    warmup_epochs: int = 0
+    subset: int | None = None
+    test_subset: int | None = None
+    val_size: int = DEFAULT_VAL_SIZE
+    engine: str = "fast"
+    bf16: bool | None = None  # None: on for the fast engine where the CPU/GPU has bf16 units
+    compile: bool = True
+    shorten: bool = False
+    data: str | None = None
+    out: str | None = None
+    resume: bool = False
+    force: bool = False
+    device: str = "auto"
+    threads: int | None = None
+    stop_after: int | None = None
+    progress: bool = True
+    explicit: set = field(default_factory=set)  # options given on the command line
+
+    def recipe(self) -> dict:
+        keys = ("model", "variant", "epochs", "batch_size", "lr", "optimizer", "psi_lr", "momentum", "weight_decay",
+                "seed", "recu", "tau_start", "tau_end", "subset", "test_subset", "val_size", "label_smoothing",
+                "warmup_epochs")
+        d = {k: getattr(self, k) for k in keys}
+        if self.optimizer != "psi":
+            d.pop("psi_lr")
+        if self.optimizer == "adam":
+            d.pop("momentum")
+        if not self.recu:
+            d.pop("tau_start"), d.pop("tau_end")
+        return d
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train", help="train a model from scratch on CIFAR-10 (resumable, deterministic)",
+        description="Train a binary network from scratch on CIFAR-10 with the simple recipe of Bethge et al. "
+                    "(no pre-training, no scaling factors, straight-through sign, crop+flip augmentation, "
+                    "Adam with a cosine schedule), through a fast compiled twin of the Brevitas model by default. "
+                    "The last 5,000 training images are held out to select best.pt (for 'bnnflow build "
+                    "--checkpoint'); last.pt is for --resume; log.csv, log.json and curve.png log every epoch.")
+    p.add_argument("model", nargs="?", help=f"network: {', '.join(MODELS)} (optional with --resume)")
+    _add_recipe_options(p)
+    _add_run_options(p)
+    return p
+
+
+def _add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """What is trained: fixed for the life of a run (--resume refuses changes, except --epochs)."""
+    p.add_argument("--variant", help="width/depth variant (see 'bnnflow models'); default: default")
+    p.add_argument("--epochs", type=int, help=f"training epochs; default: {RECIPE_DEFAULTS['epochs']} (with --resume: "
+                                              "extends the run, stretching the rest of the cosine schedule)")
+    p.add_argument("--batch-size", type=int, help=f"default: {RECIPE_DEFAULTS['batch_size']}")
+    p.add_argument("--lr", type=float, help="peak learning rate of the cosine schedule; default: 2e-3 (adam, "
+                                            "and the Adam part of psi), 0.1 (sgd)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="adam (default); sgd (momentum); psi: SGD on the PSI "
+                                                           "manifold for weights feeding a sign or a batch norm, "
+                                                           "Adam for the rest")
+    p.add_argument("--psi-lr", type=float, help=f"learning rate of the PSI part; default: {DEFAULT_PSI_LR}")
+    p.add_argument("--momentum", type=float, help="momentum of sgd and psi; default: 0.9")
+    p.add_argument("--weight-decay", type=float, help="L2 on conv/linear weights outside PSI; default: 0")
+    p.add_argument("--recu", action=argparse.BooleanOptionalAction, default=None,
+                   help="ReCU: weight standardisation and rectified clamp of binary latent weights (off by default)")
+    p.add_argument("--tau-start", type=float, help="ReCU's tau at the first epoch; default: 0.85")
+    p.add_argument("--tau-end", type=float, help="ReCU's tau at the last epoch; default: 0.99")
+    p.add_argument("--label-smoothing", type=float, help="label smoothing of the training loss; default: 0")
+    p.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up before the cosine decay; default: 0")
+    p.add_argument("--seed", type=int, help="seed of weights, shuffling and augmentation; default: 0")
+    p.add_argument("--subset", type=int, help="train on the first N training images (quick runs)")
+    p.add_argument("--test-subset", type=int, help="evaluate on the first N test images (default: all 10,000)")
+    p.add_argument("--val-size", type=int, help=f"hold out the last N training images to select best.pt "
+                                                f"(never the test set); default: {DEFAULT_VAL_SIZE}; 0: best.pt is "
+                                                "the last epoch")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """How and where it runs: engine, data, run folder, device; free to change on --resume."""
+    p.add_argument("--engine", choices=ENGINES, help="fast (default): a compiled plain-PyTorch twin that shares "
+                                                     "the Brevitas model's weights and equals its forward in fp32; "
+                                                     "brevitas: Brevitas' own forward (slow on CPUs)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast for the fast engine's training steps (evaluation stays fp32); default: on "
+                        "where the CPU has AMX/AVX512-BF16 or on a GPU")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the fast engine's forward (default: on; ~1 min to compile on 2 cores)")
+    p.add_argument("--shorten", action="store_true",
+                   help="with --resume and a smaller --epochs: end the run early on the shortened schedule")
+    p.add_argument("--benchmark-steps", type=int, metavar="N",
+                   help="time N training steps of the Brevitas forward and of the fast engine side by side on "
+                        "the same batches, print images/s and the ratio, and exit (nothing is written)")
+    p.add_argument("--data", type=Path, help="CIFAR-10 copy: folder with cifar10_{train,test}.npz or "
+                                             "cifar-10-batches-py, or the train .npz (test beside it)")
+    p.add_argument("--out", type=Path, help="run folder; default: runs/MODEL-VARIANT[-recu][-psi]-sSEED")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where last.pt ended")
+    p.add_argument("--force", action="store_true", help="replace an existing run folder")
+    p.add_argument("--stop-after-epoch", dest="stop_after", type=int, metavar="EPOCH",
+                   help="stop once this many epochs are done (the schedule still spans --epochs; --resume goes on)")
+    p.add_argument("--stop-after", dest="stop_after", type=int, help=argparse.SUPPRESS)  # old spelling, one release
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto (cuda if available)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch; default: all cores")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
+
+
+def config_from_args(args) -> TrainConfig:
+    """The config of the parsed flags; `explicit` records those given, which --resume may not change."""
+    explicit = set()
+    values = {}
+    for key, default in RECIPE_DEFAULTS.items():
+        v = getattr(args, key, None)
+        if v is None:
+            values[key] = default
+        else:
+            values[key] = v
+            explicit.add(key)
+    if args.model is not None:
+        explicit.add("model")
+    explicit.update(k for k in ENGINE_KEYS if getattr(args, k, None) is not None)
+    return TrainConfig(model=args.model, data=str(args.data) if args.data else None,
+                       out=str(args.out) if args.out else None, resume=args.resume, force=args.force,
+                       device=args.device, threads=args.threads, stop_after=args.stop_after,
+                       progress=not args.no_progress, explicit=explicit, engine=args.engine or "fast",
+                       bf16=args.bf16, compile=True if args.compile is None else args.compile,
+                       shorten=args.shorten, **values)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """One sentence for the first impossible option, before any data is loaded or file written."""
+    from .zoo import get_variant
+
+    if cfg.model is None:
+        raise BnnflowError(f"Name the model to train ({', '.join(MODELS)}), or pass --resume with --out RUN_FOLDER.")
+    get_variant(cfg.model, cfg.variant)
+    if cfg.epochs < 1:
+        raise BnnflowError(f"--epochs must be at least 1, got {cfg.epochs}.")
+    if cfg.batch_size < 2:
+        raise BnnflowError(f"--batch-size must be at least 2 (batch norm needs two images per batch), got "
+                           f"{cfg.batch_size}.")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise BnnflowError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}.")
+    if not 0 <= cfg.warmup_epochs < cfg.epochs:
+        raise BnnflowError(f"--warmup-epochs must be from 0 to --epochs - 1 ({cfg.epochs - 1}), got {cfg.warmup_epochs}.")
+    if cfg.val_size < 0:
+        raise BnnflowError(f"--val-size must be 0 or more images, got {cfg.val_size}.")
+    if cfg.engine not in ENGINES:
+        raise BnnflowError(f"Unknown engine '{cfg.engine}': choose one of {', '.join(ENGINES)}.")
+    for name, v in (("lr", cfg.lr), ("psi-lr", cfg.psi_lr)):
+        if v is not None and not v > 0:
+            raise BnnflowError(f"--{name} must be positive, got {v}.")
+    if not 0 <= cfg.momentum < 1:
+        raise BnnflowError(f"--momentum must be in [0, 1), got {cfg.momentum}.")
+    if cfg.weight_decay < 0:
+        raise BnnflowError(f"--weight-decay must not be negative, got {cfg.weight_decay}.")
+    if cfg.recu and not 0.5 < cfg.tau_start <= cfg.tau_end < 1:
+        raise BnnflowError(f"ReCU needs 0.5 < --tau-start <= --tau-end < 1, got {cfg.tau_start} and {cfg.tau_end}.")
+    for name, v in (("subset", cfg.subset), ("test-subset", cfg.test_subset)):
+        if v is not None and v < 2:
+            raise BnnflowError(f"--{name} must be at least 2 images, got {v}.")
+    if cfg.stop_after is not None and cfg.stop_after < 1:
+        raise BnnflowError(f"--stop-after-epoch must be at least 1, got {cfg.stop_after}.")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise BnnflowError(f"--threads must be at least 1, got {cfg.threads}.")
