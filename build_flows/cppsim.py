@@ -261,19 +261,6 @@ def finn_cppsim_environment(xilinx_hls: Path, finn_deps: Path, build_dir: Path):
 # ------------------------------------------------------------------ prepare, compile (cached), run
 
 
-@contextlib.contextmanager
-def _quiet_finn_log():
-    """FINN logs every g++ warning (finn-hlslib's deprecated std::binary_function, ...) at WARNING level;
-    errors still show."""
-    log = logging.getLogger("finn_logger")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
 def _tree_digest(h, root: Path) -> None:
     for p in sorted(root.rglob("*")):
         if p.is_file():
@@ -345,13 +332,15 @@ def prepare(out: Path, child, sources: Sources, fast: bool = True, workers: int 
     from finn.transformation.fpgadataflow.prepare_cppsim import PrepareCppSim
     from finn.transformation.fpgadataflow.set_exec_mode import SetExecMode
 
+    from .flow import quiet_finn_logger
+
     if cache.exists():
         shutil.rmtree(cache)
     cache.mkdir(parents=True)
     xhls, deps = layout(sources, cache / "env")
     workers = workers or max(1, min(len(os.sched_getaffinity(0)), 4))
     m = ModelWrapper(copy.deepcopy(child.model))  # the caller's graph stays as it is
-    with finn_cppsim_environment(xhls, deps, cache / "code"), _quiet_finn_log():
+    with finn_cppsim_environment(xhls, deps, cache / "code"), quiet_finn_logger():
         m = m.transform(PrepareCppSim(num_workers=workers))
         with compat.cppsim_fast_flags(fast):
             m = m.transform(CompileCppSim(num_workers=workers))

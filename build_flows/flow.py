@@ -177,6 +177,21 @@ def quiet(log_path: Path):
         yield
 
 
+@contextlib.contextmanager
+def quiet_finn_logger():
+    """FINN logs at WARNING what users cannot act on (SetFolding's per-node misses, every g++ warning of
+    finn-hlslib); keep its errors only."""
+    import logging
+
+    logger = logging.getLogger("finn_logger")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def run_steps(out_dir: Path, cfg: DataflowBuildConfig, start: str, stop: str,
               on_step: Callable[[Step, str], None] | None = None) -> ModelWrapper:
     """Run STEPS[start..stop] on the model saved by the step before `start`."""

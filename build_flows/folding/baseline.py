@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
@@ -17,6 +16,7 @@ from qonnx.core.modelwrapper import ModelWrapper  # noqa: E402
 
 from finn.transformation.fpgadataflow.set_folding import SetFolding  # noqa: E402
 
+from ..flow import quiet_finn_logger  # noqa: E402
 from .evaluation import Evaluation, evaluate  # noqa: E402
 from .search import FoldResult, fold  # noqa: E402
 from .units import MVAU_WWIDTH_MAX  # noqa: E402
@@ -30,22 +30,8 @@ def set_folding(model: ModelWrapper, board: Board, target_fps: float,
     """FINN's SetFolding heuristic (what step_target_fps_parallelization does)."""
     cycles = max(1, int(board.clock_mhz * 1e6 / target_fps))
     m = ModelWrapper(copy.deepcopy(model.model))
-    with _quiet_finn():
+    with quiet_finn_logger():
         return m.transform(SetFolding(cycles, mvau_wwidth_max=mvau_wwidth_max, two_pass_relaxation=True))
-
-
-@contextlib.contextmanager
-def _quiet_finn():
-    """SetFolding warns per node that misses its target; keep that off the console."""
-    import logging
-
-    logger = logging.getLogger("finn_logger")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def best_target_fps(model: ModelWrapper, board: Board, budget: dict[str, float],

@@ -44,22 +44,10 @@ struct MaxPoolFunction {
   V activate(V const &acc) const { return acc; }
 };
 
-template <typename V>
-struct AccPoolFunction {
-  using acc_t = V;
-  using elem_t = typename V::value_type;
-  V init() const { return V(elem_t(0)); }
-  template <typename VI>
-  V pool(VI const &in, V const &acc) const {
-    V r;
-    for (std::size_t i = 0; i < V::size(); i++) r[i] = acc[i] + elem_t(in[i]);
-    return r;
-  }
-  V activate(V const &acc) const { return acc; }
-};
-
-template <typename VO, typename VA, unsigned n>
-struct AvgPoolFunction {
+namespace bnnflow_compat {
+// what AccPool, AvgPool and QuantAvgPool share: a running per-lane sum in the accumulator type VA
+template <typename VA>
+struct SumPool {
   using acc_t = VA;
   using elem_t = typename VA::value_type;
   VA init() const { return VA(elem_t(0)); }
@@ -69,6 +57,16 @@ struct AvgPoolFunction {
     for (std::size_t i = 0; i < VA::size(); i++) r[i] = acc[i] + elem_t(in[i]);
     return r;
   }
+};
+}  // namespace bnnflow_compat
+
+template <typename V>
+struct AccPoolFunction : bnnflow_compat::SumPool<V> {
+  V activate(V const &acc) const { return acc; }
+};
+
+template <typename VO, typename VA, unsigned n>
+struct AvgPoolFunction : bnnflow_compat::SumPool<VA> {
   VO activate(VA const &acc) const {
     VO r;
     // C++ integer division of the signed sum (truncating toward zero); ap_int's own signed/unsigned
@@ -80,16 +78,7 @@ struct AvgPoolFunction {
 };
 
 template <typename VO, typename VA, unsigned shift>
-struct QuantAvgPoolFunction {
-  using acc_t = VA;
-  using elem_t = typename VA::value_type;
-  VA init() const { return VA(elem_t(0)); }
-  template <typename VI>
-  VA pool(VI const &in, VA const &acc) const {
-    VA r;
-    for (std::size_t i = 0; i < VA::size(); i++) r[i] = acc[i] + elem_t(in[i]);
-    return r;
-  }
+struct QuantAvgPoolFunction : bnnflow_compat::SumPool<VA> {
   VO activate(VA const &acc) const {
     VO r;
     for (std::size_t i = 0; i < VO::size(); i++) r[i] = typename VO::value_type(acc[i] >> shift);
