@@ -59,6 +59,20 @@ def wanted_identity(req: BuildRequest, board: Board, fold: Path | None) -> Build
     return request_identity(req, board, Path(AUTO_FOLDING) if req.auto_folding else fold)
 
 
+def resolve_request(req: BuildRequest, board: Board, out: Path, state: flow.BuildState,
+                    continuing: bool) -> tuple[BuildRequest, Path | None, BuildIdentity]:
+    """(request, folding file, identity) of a build in `out`. Continuing a build there, an unnamed folding
+    and budget are the folder's own, and req.any_weights takes the weights it holds."""
+    if continuing:
+        req = keep_saved_folding(req, state.data)
+    fold = folding_file(req, board, out)
+    want = wanted_identity(req, board, fold)
+    have = saved_identity(state.data)
+    if continuing and req.any_weights and have is not None:
+        want = replace(want, weights=have.weights)  # the folder's own weights, whatever they are
+    return req, fold, want
+
+
 def check_target_fps(target_fps: int | None, board: Board) -> None:
     limit = int(board.clock_mhz * 1e6)  # one image per clock cycle
     if target_fps is not None and not 0 < target_fps <= limit:
@@ -161,14 +175,8 @@ def run_build(req: BuildRequest, console: Console | None = None) -> dict:
     stop = req.stop_after or flow.STEP_NAMES[-1]
     flow.step_index(stop)
     check_target_fps(req.target_fps, board)
-    state = flow.BuildState(out, strict=not req.force) if out.is_dir() else flow.BuildState(out)
-    if req.resume or req.from_step:
-        req = keep_saved_folding(req, state.data)
-    fold = folding_file(req, board, out)
-    want = wanted_identity(req, board, fold)
-    have = saved_identity(state.data)
-    if req.any_weights and have is not None and (req.resume or req.from_step):
-        want = replace(want, weights=have.weights)  # the folder's own weights, whatever they are
+    state = flow.BuildState(out, strict=not req.force)
+    req, fold, want = resolve_request(req, board, out, state, bool(req.resume or req.from_step))
     loaded = load_request_checkpoint(req) if req.checkpoint is not None and not (req.resume or req.from_step) \
         else None
     start = plan_start(req, out, state, want, console)
@@ -305,10 +313,7 @@ def ensure_build(req: BuildRequest, until: str, console: Console | None = None,
             raise BnnflowError(f"Build folder {out} is not a bnnflow build: pass --force to replace it, "
                                "or another --build.")
         return out, False, run_build(replace(req, force=True), console)
-    req = keep_saved_folding(req, state.data)
-    want = wanted_identity(req, board, folding_file(req, board, out))
-    if req.any_weights:
-        want = replace(want, weights=have.weights)
+    req, _, want = resolve_request(req, board, out, state, continuing=True)
     differ = have.differences(want, BuildIdentity.BEFORE_FOLDING)
     if differ and replace_other:
         return out, False, run_build(replace(req, force=True), console)
