@@ -122,7 +122,7 @@ def _default_checkpoint(args) -> None:
     given an existing build (--build, --resume, --from-step) takes that build's weights instead."""
     if getattr(args, "checkpoint", False) is not None or not hasattr(args, "variant"):
         return
-    if getattr(args, "random_weights", False):
+    if getattr(args, "random_weights", False) or ":" in str(args.model):  # a user's network: no committed weights
         return
     from bnnflow.models.checkpoint import committed_checkpoint, recorded_top1
 

@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from bnnflow.catalog import MODEL_NAMES
+from bnnflow.errors import BnnflowError
 
 DEFAULT_BOARD = "pynq-z2"
 DATA_HELP = "CIFAR-10 copy: .npz, cifar-10-batches-py folder, or its parent; default: $BNNFLOW_DATA or ../shared/data"
@@ -26,7 +27,13 @@ def hidden_alias(p: argparse.ArgumentParser, flag: str, dest: str, **kw) -> None
 
 
 def add_model_args(p: argparse.ArgumentParser, board: bool = True) -> None:
-    p.add_argument("model", help=f"network: {', '.join(MODEL_NAMES)}")
+    p.add_argument("model", help=f"network: {', '.join(MODEL_NAMES)}, or your own Brevitas network as "
+                                 "path/to/file.py:factory or package.module:factory (see README, 'Your own network')")
+    p.add_argument("--model-args", metavar="JSON", help="your own network only: keyword arguments for its factory, "
+                                                        "a JSON object such as '{\"pretrained\": false}'")
+    p.add_argument("--input-scale", choices=("raw", "unit"), default=None,
+                   help="your own network only: the pixels it was trained on, raw (0..255) or unit (0..1; bnnflow "
+                        "folds the 1/255 into the graph, the hardware still takes raw bytes); default: raw")
     p.add_argument("--variant", default="default", help="width/depth variant (see 'bnnflow models'); "
                                                          "default: %(default)s")
     p.add_argument("--checkpoint", type=Path, help="trained .pt from 'bnnflow train'; default: the committed "
@@ -93,6 +100,29 @@ def weights_named(args) -> bool:
     return explicit or getattr(args, "random_weights", False)
 
 
+def user_model_args(args) -> dict | None:
+    """--model-args as a dict (one sentence when it is not a JSON object); only a user's network takes it."""
+    from bnnflow.model_ref import is_user_model, parse_model_args
+
+    text = getattr(args, "model_args", None)
+    if text is not None and not is_user_model(args.model):
+        raise BnnflowError("--model-args is for your own network (FILE.py:factory or package.module:factory): "
+                           "bnnflow's own models take --variant.")
+    return parse_model_args(text) if text is not None else None
+
+
+def model_words(args) -> str:
+    """The network as a command line names it: 'cnv --variant tiny', or a reference with its flags."""
+    if ":" not in args.model:
+        return f"{args.model} --variant {args.variant}"
+    words = [args.model]
+    if getattr(args, "model_args", None):
+        words.append(f"--model-args '{args.model_args}'")
+    if getattr(args, "input_scale", None):
+        words.append(f"--input-scale {args.input_scale}")
+    return " ".join(words)
+
+
 def request_from_args(args, **overrides):
     """The BuildRequest of a parsed command line (the one place argparse becomes a request).
 
@@ -109,6 +139,7 @@ def request_from_args(args, **overrides):
                   force=getattr(args, "force", False), target_fps=getattr(args, "target_fps", None),
                   folding=getattr(args, "folding", None), seed=getattr(args, "seed", 0),
                   lut_max=getattr(args, "lut_max", None), bram_max=getattr(args, "bram_max", None),
+                  model_args=user_model_args(args), input_scale=getattr(args, "input_scale", None),
                   any_weights=not weights_named(args) and (continuing or getattr(args, "build", None) is not None))
     fields.update(overrides)
     return BuildRequest(**fields)

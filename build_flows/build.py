@@ -20,21 +20,23 @@ from rich.console import Console
 from bnnflow.atomic import write_json
 from bnnflow.errors import BnnflowError, Interrupted, MissingToolError
 from bnnflow.hw.boards import Board, get_board
+from bnnflow.model_ref import is_user_model, parse_model_ref
 from bnnflow.models.checkpoint import save_checkpoint
 from bnnflow.models.export import export_model
 from bnnflow.models.zoo import get_variant, weight_summary
 
 from . import flow
 from .build_folding import AUTO_FOLDING_FILE, fold_build
+from .diagnose import check_before, check_build, diagnose_failure
 from .estimates import print_summary, summarize
 from .identity import (AUTO_FOLDING, BuildIdentity, BuildRequest, committed_folding, default_build_dir,
-                       request_identity, saved_identity)
-from .network import load_request_checkpoint, prepare_network
+                       request_identity, request_source, saved_identity)
+from .network import user_code, load_request_checkpoint, prepare_network
 
 BREVITAS_FILE = flow.BREVITAS_FILE
 
 __all__ = ["BuildRequest", "run_build", "ensure_build", "show_result", "BREVITAS_FILE", "AUTO_FOLDING",
-           "prepare_network", "check_target_fps", "default_build_dir"]
+           "prepare_network", "check_model", "check_target_fps", "default_build_dir"]
 
 
 # ---------------------------------------------------------------------------- the request, checked
@@ -71,6 +73,24 @@ def resolve_request(req: BuildRequest, board: Board, out: Path, state: flow.Buil
     if continuing and req.any_weights and have is not None:
         want = replace(want, weights=have.weights)  # the folder's own weights, whatever they are
     return req, fold, want
+
+
+def network_name(req: BuildRequest) -> str:
+    """'cnv/tiny', or a user's reference as written (it has no variants)."""
+    return req.model if is_user_model(req.model) else f"{req.model}/{req.variant}"
+
+
+def check_model(req: BuildRequest) -> None:
+    """The network exists: a zoo model and variant, or a user's reference that parses and whose file is there."""
+    if not is_user_model(req.model):
+        parse_model_ref(req.model)  # an unknown name lists the zoo and the accepted forms
+        get_variant(req.model, req.variant)
+        request_source(req)  # --input-scale is for a user's network only
+        return
+    request_source(req)  # parses the reference, --model-args and --input-scale; hashes the file
+    if req.variant != "default":
+        raise BnnflowError(f"--variant is for bnnflow's own models: {req.model} is built as its factory makes it "
+                           "(pass --model-args for other sizes).")
 
 
 def check_target_fps(target_fps: int | None, board: Board) -> None:
@@ -168,7 +188,7 @@ def _check_folding_early(req: BuildRequest, out: Path, fold: Path | None, board:
 def run_build(req: BuildRequest, console: Console | None = None) -> dict:
     """Run `req` as spelled; every input is checked before an existing build may be replaced (--force)."""
     console = console or Console()
-    get_variant(req.model, req.variant)
+    check_model(req)
     board = get_board(req.board)
     board.budget(req.lut_max, req.bram_max)  # validates the limits
     out = Path(req.out or default_build_dir(req.model, req.variant, board.name)).resolve()
@@ -217,10 +237,11 @@ def _record_folding(state: flow.BuildState, req: BuildRequest, board: Board, fol
 
 def _export(req: BuildRequest, console: Console, board: Board, out: Path, state: flow.BuildState, loaded) -> None:
     net, origin = prepare_network(req, console, loaded)
-    with console.status("Exporting QONNX..."):
+    with console.status("Exporting QONNX..."), user_code(req, "Exporting"):
         export_model(net, out / flow.QONNX_FILE)
     # the exact Brevitas weights of this build, so `verify --build` compares like with like
-    save_checkpoint(out / BREVITAS_FILE, net, req.model, req.variant, meta=origin)
+    user = {"user_model": origin["user_model"]} if "user_model" in origin else None  # how to rebuild it
+    save_checkpoint(out / BREVITAS_FILE, net, req.model, req.variant, meta=origin, extra=user)
     state.data = {"model": req.model, "variant": req.variant, "board": board.name, "done": [],
                   "weights": weight_summary(net), **origin}
 
@@ -237,7 +258,7 @@ def _run(req: BuildRequest, console: Console, board: Board, out: Path, fold: Pat
         _record_folding(state, req, board, fold, want)
     cfg = flow.make_config(out, board, fold, req.target_fps)
     folding_note = f"folding config {fold.name}" if fold else f"FINN target_fps={cfg.target_fps}"
-    console.print(f"Building [bold]{req.model}/{req.variant}[/] for [bold]{board.name}[/] ({board.part}, "
+    console.print(f"Building [bold]{network_name(req)}[/] for [bold]{board.name}[/] ({board.part}, "
                   f"{board.clock_mhz:.0f} MHz, {folding_note}) in {out}")
     stopped = None
     try:
@@ -264,18 +285,27 @@ def _run_steps_with_progress(req: BuildRequest, console: Console, board: Board, 
 
     def on_step(step: flow.Step, phase: str) -> None:
         if phase == "start":
+            check_before(out, step.name)  # a rule the graph breaks that streamlining would not survive
             counter["i"] += 1
             counter["t"] = time.time()
             status.update(f"[{counter['i']}/{total}] {step.title} ({step.name})...")
             return
         console.print(f"  [green]done[/] [{counter['i']}/{total}] {step.title:<34} "
                       f"{time.time() - counter['t']:6.1f} s")
+        check_build(out, step.name)  # a node left in software after HW conversion: say which and why
         if req.auto_folding and step.name == flow.SPECIALISED_STEP:
             _auto_fold(out, board, req, console)
 
     status.start()
     try:
         flow.run_steps(out, cfg, start, stop, on_step)
+    except (BnnflowError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        message = diagnose_failure(out, exc)
+        if message is None:
+            raise
+        raise BnnflowError(message) from None
     finally:
         status.stop()
 
@@ -283,7 +313,7 @@ def _run_steps_with_progress(req: BuildRequest, console: Console, board: Board, 
 def _auto_fold(out: Path, board: Board, req: BuildRequest, console: Console) -> None:
     t0 = time.time()
     result, path = fold_build(out, board, lut_max=req.lut_max, bram_max=req.bram_max,
-                              name=f"{req.model}/{req.variant}")
+                              name=network_name(req))
     ev = result.evaluation
     console.print(f"  [green]done[/] folding search: {ev.fps:,.0f} FPS estimated, LUT {ev.total['LUT']:,.0f}, "
                   f"BRAM18 {ev.total['BRAM_18K']:.0f} (FIFOs included) -> {path.name} {time.time() - t0:6.1f} s")

@@ -79,6 +79,8 @@ STEP_NAMES = [s.name for s in STEPS]
 # Step roles, declared once: other modules ask flow for these instead of spelling step names.
 EXPORT = "export"  # the pseudo-step before STEPS: Brevitas -> QONNX (model.qonnx.onnx)
 STREAMLINED_STEP = "insert_topk"  # integer thresholds and top-1: the streamlined graph
+STREAMLINE_STEP = "bnn_streamline"  # diagnose.py checks the graph it starts from
+CONVERT_STEP = "convert_to_hw"  # after it every node should be a HW layer (diagnose.py names any that is not)
 HW_STEP = "minimize_bit_width_initial"  # FINN HW layers, before specialisation
 SPECIALISED_STEP = "specialize_layers"  # HLS/RTL variants chosen: what the folding search folds
 FOLDING_STEP = "target_fps_parallelization"  # the first step whose result depends on the folding

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from bnnflow.digest import file_sha256
 from bnnflow.hw.boards import Board
+from bnnflow.model_ref import (check_input_scale, is_user_model, parse_model_args, parse_model_ref, short_source,
+                               user_source)
 
 AUTO_FOLDING = "auto"  # --folding auto: bnnflow's folding search after specialize_layers
 FOLDING_DIR = Path(__file__).resolve().parent.parent / "hw" / "folding"
@@ -27,6 +29,8 @@ class BuildRequest:
     checkpoint: trained weights (.pt), or None for random weights calibrated with `seed`.
     any_weights: take whatever weights an existing build folder holds (commands given --build
         without --checkpoint / --random-weights); a new build then uses `checkpoint` / `seed`.
+    model may also be a user's network (`file.py:factory`, `package.module:factory`, see
+        bnnflow.model_ref), built with `model_args` and fed pixels scaled as `input_scale`.
     out: the build folder (default build/MODEL-VARIANT-BOARD).
     resume / from_step / stop_after / force: where to start and stop, and whether to replace.
     folding: a folding-config JSON, "auto" (the folding search), or None for the board's
@@ -50,6 +54,8 @@ class BuildRequest:
     lut_max: float | None = None
     bram_max: float | None = None
     any_weights: bool = False
+    model_args: dict | None = None
+    input_scale: str | None = None
 
     @property
     def auto_folding(self) -> bool:
@@ -57,10 +63,15 @@ class BuildRequest:
 
 
 def default_build_dir(model: str, variant: str, board: str) -> Path:
+    if is_user_model(model):  # a path and a ':' do not make a folder name
+        ref = parse_model_ref(model)
+        return Path("build") / f"{ref.short_name}-{board}"
     return Path("build") / f"{model}-{variant}-{board}"
 
 
 def committed_folding(model: str, variant: str, board: str) -> Path | None:
+    if is_user_model(model):
+        return None
     path = FOLDING_DIR / board / f"{model}-{variant}.json"
     return path if path.is_file() else None
 
@@ -107,8 +118,8 @@ class BuildIdentity:
     def describe_difference(self, wanted: BuildIdentity, fields: list[str]) -> str:
         """'board pynq-z2, not zcu104; weights random:seed=0, not sha256:1234abcd…'"""
         def short(v: str) -> str:
-            if v.startswith("zoo:"):  # bnnflow's own networks go by their names
-                return v[len("zoo:"):]
+            if v.startswith(("zoo:", "file:", "module:")):  # networks go by their names
+                return short_source(v)
             return v[:19] + "…" if v.startswith("sha256:") else v
         return "; ".join(f"{self.TITLES[f]} {short(getattr(self, f))}, not {short(getattr(wanted, f))}"
                          for f in fields)
@@ -139,9 +150,19 @@ def budget_id(board: Board, lut_max: float | None, bram_max: float | None) -> st
 def request_identity(req: BuildRequest, board: Board, folding: Path | None) -> BuildIdentity:
     """The identity a build of `req` has; `folding` is the resolved config file (or "auto", or None)."""
     target = None if folding is not None else (req.target_fps or board.default_target_fps)
-    return BuildIdentity(source=f"zoo:{req.model}", variant=req.variant, board=board.name,
+    return BuildIdentity(source=request_source(req), variant=req.variant, board=board.name,
                          weights=weights_id(req.checkpoint, req.seed), folding=folding_id(folding, target),
                          budget=budget_id(board, req.lut_max, req.bram_max))
+
+
+def request_source(req: BuildRequest) -> str:
+    """'zoo:MODEL' for bnnflow's own networks; a user's file (with its sha256) or module otherwise."""
+    ref = parse_model_ref(req.model)
+    if ref is None:
+        check_input_scale(req.input_scale, zoo=True)
+        return f"zoo:{req.model}"
+    args = req.model_args if isinstance(req.model_args, dict) else parse_model_args(req.model_args)
+    return user_source(ref, args, check_input_scale(req.input_scale, zoo=False))
 
 
 def saved_identity(state: dict) -> BuildIdentity | None:

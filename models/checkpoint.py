@@ -63,7 +63,12 @@ def load_checkpoint(path: str | Path, model: str | None = None, variant: str | N
         raise BnnflowError(
             f"Checkpoint {path} holds {payload['model']}/{payload['variant']}, not {model}/{variant}: "
             "pass the matching --model/--variant or another checkpoint.")
-    net = build_model(payload["model"], payload["variant"])
+    if isinstance(payload.get("user_model"), dict):  # a user's network: rebuilt from its reference
+        from .user_model import network_of
+
+        net = network_of(payload["user_model"])
+    else:
+        net = build_model(payload["model"], payload["variant"])
     try:
         missing, unexpected = net.load_state_dict(payload["state_dict"], strict=False)
         # an activation scale still collecting statistics (never trained) has no value yet

@@ -11,6 +11,10 @@ ARCHIVES = ("zip", "tar.gz", "none")
 
 
 def default_package_dir(model: str, variant: str, board: str) -> Path:
+    if ":" in model:  # a user's network: its short name, as its build folder
+        from bnnflow.model_ref import parse_model_ref
+
+        return Path("deploy") / f"{parse_model_ref(model).short_name}-{board}"
     return Path("deploy") / f"{model}-{variant}-{board}"
 
 
@@ -60,15 +64,14 @@ def cmd_deploy(args) -> int:
     from rich.console import Console
 
     from bnnflow.build_flows import flow
-    from bnnflow.build_flows.build import check_target_fps, ensure_build
+    from bnnflow.build_flows.build import check_model, check_target_fps, ensure_build
     from bnnflow.build_flows.deploy import make_package
     from bnnflow.cli_args import request_from_args
     from bnnflow.hw.boards import get_board
     from bnnflow.models.data import load_cifar10
-    from bnnflow.models.zoo import get_variant
 
     console = Console()
-    get_variant(args.model, args.variant)
+    check_model(request_from_args(args))
     board = get_board(args.board)
     if args.images < 1:  # the package's notebook reads its test images
         raise BnnflowError(f"--images must be at least 1, not {args.images}: the package's notebook classifies "
