@@ -43,7 +43,7 @@ DESIGNS: list[tuple[str, str]] = [
 ]
 TITLES = MODEL_TITLES
 RESULT_FILE = "bench_result.json"
-RESULT_VERSION = 3  # 3: keyed by the build identity
+RESULT_VERSION = 4  # 3: keyed by the build identity; 4: the stream model's FPS and latency
 # rough relative cost of a build (streamlining dominates), to start the long ones first
 COST = {"cnv": 1, "resnete": 4, "densenet": 4}
 VARIANT_COST = {"tiny": 0.5, "small": 0.8, "default": 1.0, "wide": 1.3}
@@ -132,6 +132,7 @@ def _design_row(out: Path, board, search: dict) -> dict:
     plan = search.get("fifos")
     return {
         "fits": bool(search["fits"] and summary["fits"]), "fps": summary["fps"], "latency_ms": summary["latency_ms"],
+        "sim_fps": summary.get("sim_fps"), "sim_latency_ms": summary.get("sim_latency_ms"),
         "max_cycles": summary["max_cycles"], "bottleneck": summary["bottleneck"],
         "LUT": lut, "BRAM_18K": bram, "DSP": summary["total"]["DSP"],
         "LUT_pct": 100 * lut / board.lut, "BRAM_pct": 100 * bram / board.bram18,
@@ -206,25 +207,38 @@ def accuracy_text(row: dict) -> str:
         (f"{row['accuracy']:.1f} %" if row.get("accuracy") is not None else "untrained")
 
 
+def sim_fps_text(row: dict) -> str:
+    if row.get("sim_fps") is None:
+        return "–"
+    return "deadlock" if row["sim_fps"] == 0 else f"{row['sim_fps']:,.0f}"
+
+
+def _sim_latency(row: dict) -> str:
+    return "–" if row.get("sim_latency_ms") is None else f"{row['sim_latency_ms']:.2f} ms"
+
+
 def markdown_table(report: dict) -> str:
     lines = [f"Estimates on the {report['board']} ({report['part']}, {report['clock_mhz']:.0f} MHz), folding "
              f"searched by bnnflow within {report['limits']['LUT']:.0%} LUT / {report['limits']['BRAM']:.0%} BRAM "
              "of the device (FIFOs and width converters included).",
              "",
-             "| model | variant | accuracy | est. FPS | latency | LUT % | BRAM % | compute-bound % | "
-             "binary MMAC/img |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| model | variant | accuracy | est. FPS | sim. FPS | latency | sim. latency | LUT % | BRAM % | "
+             "compute-bound % | binary MMAC/img |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
         if r.get("error"):
-            lines.append(f"| {r['title']} | {r['variant']} | {accuracy_text(r)} | does not fit | – | – | – | – | – |")
+            lines.append(f"| {r['title']} | {r['variant']} | {accuracy_text(r)} | does not fit | – | – | – | – | – | – "
+                         "| – |")
             continue
-        lines.append(f"| {r['title']} | {r['variant']} | {accuracy_text(r)} | {r['fps']:,.0f} | {r['latency_ms']:.2f} ms | "
-                     f"{r['LUT_pct']:.1f} | {r['BRAM_pct']:.1f} | {r['compute_bound_pct']:.1f} | "
-                     f"{r['binary_macs'] / 1e6:.1f} |")
+        lines.append(f"| {r['title']} | {r['variant']} | {accuracy_text(r)} | {r['fps']:,.0f} | {sim_fps_text(r)} | "
+                     f"{r['latency_ms']:.2f} ms | {_sim_latency(r)} | {r['LUT_pct']:.1f} | {r['BRAM_pct']:.1f} | "
+                     f"{r['compute_bound_pct']:.1f} | {r['binary_macs'] / 1e6:.1f} |")
     ok = [r for r in report["rows"] if not r.get("error")]
     if ok:
         r0 = ok[0]
-        lines += ["", f"Latency is FINN's critical-path estimate (no overlap between layers). Compute-bound % = "
+        lines += ["", "est. FPS and latency are FINN's (slowest layer; critical path with no overlap between layers); "
+                      "sim. FPS and sim. latency come from bnnflow's cycle-level stream model of the folded design "
+                      "with its FIFO depths (steady state; the first image's result). Compute-bound % = "
                       f"binary MACs/image x FPS / (LUT budget / {r0['lut_per_lane']:.1f} LUT per XNOR-popcount lane "
                       f"x {report['clock_mhz']:.0f} MHz = {r0['bound_macs_per_s'] / 1e9:.0f} GMAC/s); one lane = "
                       "one PE*SIMD of an XNOR MVAU as FINN's MVAU_hls LUT model charges it."]

@@ -1,8 +1,12 @@
 """Per-layer estimate summary (LUT / BRAM / DSP / cycles) against a board's budget.
 
 FINN's estimate reports come before its FIFO and data-width-converter insertion, so the
-summary adds what those will cost (bnnflow's FIFO model, the same the folding search charges)
-before it decides whether the design fits.
+summary adds what those will cost (bnnflow's FIFO model, the same the folding search charges;
+every FIFO at the depth the folded graph gives it) before it decides whether the design fits.
+FINN's FPS and latency assume no stalls and no overlap between layers; the summary puts the
+stream model's figures beside them: the steady-state FPS and first-image latency of the folded
+graph with its FIFO depths (bnnflow.build_flows.fifos), which fall below FINN's when a FIFO is
+too shallow somewhere.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bnnflow.errors import BnnflowError
 from bnnflow.hw.boards import Board
 
 from . import flow
@@ -20,6 +25,7 @@ from .resources import design_total, stream_resources
 from .resources import fits as design_fits
 
 # finn-plus 1.6.1's estimator returns LUT = 0 for these ops, so LUT totals undercount.
+FPS_TOLERANCE = 1e-6  # the stream model's FPS counts as FINN's when equal up to float rounding
 LUT_UNMODELLED = ("DuplicateStreams", "ElementwiseAdd", "Pool", "StreamingConcat", "FMPadding", "LabelSelect")
 
 
@@ -40,7 +46,7 @@ def summarize(out_dir: Path, board: Board, budget: dict[str, float] | None = Non
                        "DSP": int(r.get("DSP", 0)), "URAM": int(r.get("URAM", 0)),
                        "cycles": int(cycles.get(name, 0))})
     layer_total = {k: sum(layer[k] for layer in layers) for k in ("LUT", "BRAM_18K", "DSP", "URAM")}
-    streams = _stream_costs(out_dir, board)
+    streams, sim = _streams(out_dir, board)
     total = design_total(layer_total, streams)
     budget = budget or board.budget()
     use = {k: total[k] / (getattr(board, k.lower(), 0) if k != "BRAM_18K" else board.bram18)
@@ -57,20 +63,52 @@ def summarize(out_dir: Path, board: Board, budget: dict[str, float] | None = Non
         "ops_per_image": ops.get("total_ops", {}) if isinstance(ops, dict) else {},
         "lut_unmodelled": sorted({l["layer"] for l in layers if l["LUT"] == 0
                                   and l["layer"].split("_")[0] in LUT_UNMODELLED}),
+        **sim,
     }
 
 
-def _stream_costs(out_dir: Path, board: Board) -> dict:
-    """LUT/BRAM of the FIFOs and width converters FINN will add to the estimated graph."""
+def _streams(out_dir: Path, board: Board) -> tuple[dict, dict]:
+    """(LUT/BRAM of the FIFOs and width converters FINN will add to the estimated graph, the stream
+    model's FPS and latency of that graph with its FIFO depths)."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from .fifos import graph_fifo_plan
+    from .fifos import graph_fifo_plan, simulate_graph
 
     path = flow.intermediate_path(Path(out_dir), flow.ESTIMATE_STEP)
     if not path.exists():
-        return {}
-    plan = graph_fifo_plan(ModelWrapper(str(path)), board.part)
-    return {**stream_resources(plan), "fifos": plan.n_streams, "dwcs": plan.n_dwc}
+        return {}, {}
+    model = ModelWrapper(str(path))
+    plan = graph_fifo_plan(model, board.part)
+    costs = {**stream_resources(plan), "fifos": plan.n_streams, "dwcs": plan.n_dwc}
+    try:
+        sim = simulated_performance(simulate_graph(model), board)
+    except BnnflowError:  # a graph the stream model cannot run (it says why in `bnnflow fold`): no figure
+        sim = {}
+    return costs, sim
+
+
+def simulated_performance(sim, board: Board) -> dict:
+    """summary.json's stream-model fields from a run of the folded graph (fifos.simulate_graph)."""
+    if sim.deadlock:
+        return {"sim_deadlock": True, "sim_fps": 0.0, "sim_latency_ms": None, "sim_interval_cycles": None,
+                "sim_latency_cycles": None}
+    return {"sim_deadlock": False, "sim_fps": board.clock_mhz * 1e6 / sim.interval,
+            "sim_latency_ms": sim.latency * board.clock_ns / 1e6, "sim_interval_cycles": int(sim.interval),
+            "sim_latency_cycles": int(sim.latency)}
+
+
+def _simulated_line(summary: dict) -> str | None:
+    if "sim_fps" not in summary:
+        return None
+    if summary["sim_deadlock"]:
+        return ("[red]The stream model deadlocks with this build's FIFO depths[/]: re-run 'bnnflow fold' (it sizes "
+                "every FIFO) or raise inFIFODepths in the folding config.")
+    below = summary["sim_fps"] < summary["fps"] * (1 - FPS_TOLERANCE)
+    note = (" [yellow]below FINN's estimate, which assumes no stalls[/]: FIFOs too shallow for the bursts "
+            "(re-run 'bnnflow fold' to size every FIFO)" if below else ", as FINN's estimate")
+    return (f"Stream model with this build's FIFO depths: {summary['sim_fps']:,.0f} FPS "
+            f"({summary['sim_interval_cycles']:,} cycles/image){note}; first image after "
+            f"{summary['sim_latency_ms']:.2f} ms (layers overlap).")
 
 
 def print_summary(summary: dict, console: Console | None = None, per_layer: bool = True) -> None:
@@ -106,6 +144,9 @@ def print_summary(summary: dict, console: Console | None = None, per_layer: bool
     console.print(f"Design {verdict} the {summary['board']}; estimated {summary['fps']:,.0f} FPS, "
                   f"latency {summary['latency_ms']:.2f} ms; slowest layer {summary['bottleneck']} "
                   f"({summary['max_cycles']:,} cycles/image).")
+    line = _simulated_line(summary)
+    if line:
+        console.print(line)
     if summary["lut_unmodelled"]:
         console.print("* finn-plus estimates 0 LUT for these layers (streams, adds, pools, padding): "
                       "LUT totals undercount.")

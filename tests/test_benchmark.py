@@ -36,8 +36,9 @@ def test_markdown_table_cnv_first_and_untrained():
                       _row("densenet", "wide", 0, error="does not fit: x")])
     md = markdown_table(report)
     lines = [line for line in md.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| model | variant | accuracy | est. FPS | latency | LUT % | BRAM % | compute-bound %")
-    assert lines[1].startswith("| CNV-W1A1 | tiny | untrained | 30,000 |")
+    assert lines[0].startswith("| model | variant | accuracy | est. FPS | sim. FPS | latency | sim. latency | LUT % | "
+                               "BRAM % | compute-bound %")
+    assert lines[1].startswith("| CNV-W1A1 | tiny | untrained | 30,000 | – |")  # no stream-model figure in this row
     assert "| ResNetE | small | 87.1 % | 3,000 |" in md
     assert "| BinaryDenseNet | wide | untrained | does not fit |" in md
     assert "LUT per XNOR-popcount lane" in md
@@ -103,11 +104,11 @@ def test_benchmark_tiny_cnv_and_cache(tiny_cnv, tmp_path):
     assert row["error"] is None and row["fits"] and row["fps"] > 1000
     # the README's CNV-W1A1 tiny row: deterministic estimates of the searched folding (a change is a
     # deliberate update of both); reproduce with `.venv/bin/bnnflow benchmark --only cnv/tiny`
-    shown = (f"{row['fps']:,.0f}", f"{row['latency_ms']:.2f}", f"{row['LUT_pct']:.1f}", f"{row['BRAM_pct']:.1f}",
-             f"{row['compute_bound_pct']:.1f}")
-    assert shown == ("31,888", "0.41", "46.1", "21.8", "17.6")
+    shown = (f"{row['fps']:,.0f}", f"{row['sim_fps']:,.0f}", f"{row['latency_ms']:.2f}", f"{row['sim_latency_ms']:.2f}",
+             f"{row['LUT_pct']:.1f}", f"{row['BRAM_pct']:.1f}", f"{row['compute_bound_pct']:.1f}")
+    assert shown == ("31,888", "31,358", "0.41", "0.14", "46.4", "21.8", "17.6")
     line = next(x for x in (bench / "benchmark.md").read_text().splitlines() if x.startswith("| CNV-W1A1 | tiny |"))
-    assert line.startswith("| CNV-W1A1 | tiny | untrained | 31,888 | 0.41 ms | 46.1 | 21.8 | 17.6 |")
+    assert line.startswith("| CNV-W1A1 | tiny | untrained | 31,888 | 31,358 | 0.41 ms | 0.14 ms | 46.4 | 21.8 | 17.6 |")
     assert line in (Path(__file__).resolve().parents[1] / "README.md").read_text()  # the README's row, verbatim
     assert 0 < row["compute_bound_pct"] <= 100 and row["binary_macs"] > 1e6
     assert 0 < row["LUT_pct"] <= 85 and 0 < row["BRAM_pct"] <= 95

@@ -1,4 +1,4 @@
-"""Deadlock-free joins: the stream model, the join FIFO sizing and its check.
+"""The stream model, the sizing of every FIFO (joins included) and its check.
 
 The graph tests use the tiny variants (tests/conftest.py's tiny builds, once per session, shared with
 test_folding / test_benchmark); the default models are checked in the slow test, which reuses
@@ -7,10 +7,21 @@ test_folding / test_benchmark); the default models are checked in the slow test,
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
 from bnnflow.errors import BnnflowError
+
+
+
+def _copy(model):
+    """A private copy of a fixture's model (the fold results are shared by the whole session)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    return ModelWrapper(copy.deepcopy(model.model))
+
 
 @pytest.fixture(scope="module")
 def folded(tiny_fold):
@@ -66,12 +77,12 @@ def test_toy_sides_and_sizing():
     assert need[3] == fifos.DEFAULT_DEPTH and need[2] > int(ref.max_occupancy[2])
 
 
-def _compare_with_reference(g, depths):
+def _compare_with_reference(g, depths, frames: int = 2):
     from fifo_reference import reference_simulate
 
     from bnnflow.build_flows import fifos
 
-    ours, ref = fifos.simulate(g, depths), reference_simulate(g, depths)
+    ours, ref = fifos.simulate(g, depths, frames), reference_simulate(g, depths, frames)
     assert ours.deadlock == ref.deadlock and ours.frame_done == ref.frame_done
     if ours.deadlock:
         assert ours.cycles == ref.cycles  # stuck in the same cycle
@@ -92,25 +103,26 @@ def test_toy_matches_the_reference_simulator():
 @pytest.mark.parametrize("model", ["resnete", pytest.param("densenet", marks=pytest.mark.slow)])
 def test_stream_model_matches_the_reference_simulator(model, folded):
     """fifos.simulate against tests/fifo_reference.py (a plain cycle-by-cycle simulation of the same
-    stream graph, written independently): the planned depths, unbounded short branches (the run the
-    depths are read from) and FINN's depth 2 everywhere (a deadlock) give the same frames, peaks and
-    deadlock cycle. Both share the stream graph (node programs from FINN's cycle counts), which RTL
-    simulation will have to check once Vivado is available (issue 8)."""
+    stream graph, written independently): the folded graph with every FIFO at its planned depth
+    gives the same frames and peaks, at the interval the sizing promised; FINN's depth 2 everywhere
+    deadlocks in the same cycle. Both share the stream graph (node programs from FINN's cycle
+    counts), which RTL simulation will have to check once Vivado is available (issue 8)."""
     from bnnflow.build_flows import fifos
 
     res = folded(model)
+    plan = res.evaluation.fifo_plan
     g = fifos.stream_graph(res.model)
-    joins = g.join_edges()
     on_graph = fifos.depths_on_graph(res.model, g)
-    planned = _compare_with_reference(g, {e: on_graph[e] for e in joins})
-    assert not planned.deadlock and planned.interval == res.evaluation.fifo_plan.interval
-    free = _compare_with_reference(g, {e: (None if s else 2) for e, s in fifos.join_sides(g).items()})
-    shorts = [f for f in res.evaluation.fifo_plan.fifos if f.short]
+    built = {e: on_graph[e] for e in fifos.inner_edges(g)}
+    assert not _compare_with_reference(g, built).deadlock  # two frames: the reference is plain Python
+    planned = fifos.simulate(g, built, fifos.REPORT_FRAMES)
+    assert not planned.deadlock and planned.interval == plan.interval == plan.target_interval
+    shorts = [f for f in plan.fifos if f.short]
     assert shorts
-    for f in shorts:  # each short FIFO's depth covers the peak the reference sees there
-        e = next(e for e in joins if (g.edges[e].dst, g.edges[e].dst_port) == (f.join, f.port))
-        assert f.depth > free.max_occupancy[e] >= 1
-    assert _compare_with_reference(g, {e: 2 for e in joins}).deadlock
+    for f in shorts:  # the model's least depth plus the slack for the hardware's pipeline latency
+        assert f.depth > f.minimum >= fifos.DEFAULT_DEPTH and f.depth > f.occupancy >= 1
+    assert _compare_with_reference(g, {e: 2 for e in g.join_edges()}).deadlock
+
 
 @pytest.mark.parametrize("model", ["resnete", "densenet"])
 def test_join_fifos_sized_and_self_consistent(model, folded):
@@ -127,9 +139,13 @@ def test_join_fifos_sized_and_self_consistent(model, folded):
         mine = [f for f in plan.fifos if f.join == join]
         assert sum(f.short for f in mine) == 1, mine  # one short branch per join, and it got a real FIFO
         short = next(f for f in mine if f.short)
-        assert short.depth > short.occupancy >= 1 and short.fork and short.fork.startswith("DuplicateStreams")
-    check = fifos.check_join_fifos(res.model)
-    assert check.ok and not check.deadlock and check.interval == check.reference_interval
+        # the model's least depth, plus the slack for the hardware's pipeline latency (which the fork may fill)
+        assert short.depth > short.minimum >= 2 and short.depth >= short.occupancy >= 1
+        assert short.fork and short.fork.startswith("DuplicateStreams")
+    check = fifos.check_join_fifos(res.model)  # against the joins sized alone (depth 2 elsewhere)
+    assert check.ok and not check.deadlock and check.interval <= check.reference_interval
+    check = fifos.check_join_fifos(res.model, reference=plan)  # against the unbounded run
+    assert check.ok and check.interval == check.reference_interval == plan.target_interval
     # the FIFO memory is in the budget
     assert res.evaluation.extra["LUT"] >= plan.join_lut > 0
     assert res.evaluation.total["LUT"] <= res.budget["LUT"]
@@ -179,6 +195,125 @@ def test_finn_inserts_the_configured_depths(folded, tiny_specialised):
         fifo = m.find_producer(join.input[f.port])
         assert fifo.op_type.startswith("StreamingFIFO")
         assert getCustomOp(fifo).get_nodeattr("depth") == f.depth
+    # every FIFO FINN inserts has the depth the model chose (2 into a width converter, at the ends)
+    planned = {(n, i): d for n, ds in res.evaluation.fifo_plan.depths().items() for i, d in enumerate(ds)}
+    fifo_nodes = [n for n in m.graph.node if n.op_type.startswith("StreamingFIFO")]
+    assert len(fifo_nodes) > 2 * len(short)
+    for fifo in fifo_nodes:
+        consumer = m.find_consumer(fifo.output[0])
+        port = list(consumer.input).index(fifo.output[0]) if consumer is not None else 0
+        want = planned.get((consumer.name, port), 2) if consumer is not None else 2
+        assert getCustomOp(fifo).get_nodeattr("depth") == want, fifo.name
+
+
+# ------------------------------------------------------------------ every FIFO sized
+
+
+def _sized_graph(res):
+    """(stream graph, every inner stream's depth as FINN will build it, the model's least depths)."""
+    from bnnflow.build_flows import fifos
+
+    # a copy: the fixture's result is shared; a join-free fold leaves the depths to its config only
+    model = fifos.apply_fifo_depths(_copy(res.model), res.evaluation.fifo_plan)
+    g = fifos.stream_graph(model)
+    on_graph = fifos.depths_on_graph(model, g)
+    built = {e: on_graph[e] for e in fifos.inner_edges(g)}
+    least = dict(built)
+    for f in res.evaluation.fifo_plan.fifos:  # the joins' short branches carry the pipeline slack on top
+        e = next(e for e in g.join_edges() if (g.edges[e].dst, g.edges[e].dst_port) == (f.join, f.port))
+        least[e] = f.minimum
+    return g, built, least
+
+
+def test_every_fifo_sized_runs_at_the_unbounded_interval(folded):
+    """cnv/tiny: with every FIFO at its planned depth the graph runs exactly as with every FIFO
+    unbounded (the streams into width converters stay at FINN's 2, which the config cannot change),
+    in both simulators; and FINN's depth 2 everywhere is slower."""
+    from fifo_reference import reference_simulate
+
+    from bnnflow.build_flows import fifos
+
+    res = folded("cnv")
+    plan = res.evaluation.fifo_plan
+    assert plan.every_fifo and plan.minimal and any(f.depth > 2 for f in plan.streams)
+    g, built, _ = _sized_graph(res)
+    free = {**{e: None for e in built}, **{e: 2 for e in fifos.fixed_edges(g)}}
+    frames = fifos.REPORT_FRAMES
+    sized, unbounded = _compare_with_reference(g, built, frames), reference_simulate(g, free, frames)
+    assert not sized.deadlock and sized.interval == unbounded.interval == plan.interval == plan.target_interval
+    assert plan.ideal_interval <= sized.interval <= plan.ideal_interval * 1.05  # the slowest layer, nearly
+    assert fifos.simulate(g, {e: 2 for e in built}, frames).interval > sized.interval
+
+
+@pytest.mark.parametrize("model", ["cnv", "resnete"])
+def test_each_fifo_is_minimal(model, folded):
+    """One less on any FIFO the model sized above 2 deadlocks the graph or lowers its throughput."""
+    from bnnflow.build_flows import fifos
+
+    res = folded(model)
+    plan = res.evaluation.fifo_plan
+    g, _, least = _sized_graph(res)
+    frames = fifos.SIZING_FRAMES
+
+    def keeps(depths) -> bool:
+        r = fifos.simulate(g, depths, frames)
+        return not r.deadlock and r.interval <= plan.target_interval
+
+    assert plan.minimal and keeps(least)
+    sized = [e for e, d in least.items() if d > 2]
+    assert len(sized) >= 5
+    for e in sized:
+        assert not keeps({**least, e: least[e] - 1}), g.edges[e]
+
+
+def test_compiled_loop_matches_numpy(folded, monkeypatch):
+    """fifo_kernel (C) against fifo_sim's numpy loop: identical frames, peaks, deadlock cycle."""
+    from bnnflow.build_flows import fifo_kernel, fifos
+
+    if fifo_kernel.kernel() is None:
+        pytest.skip("no C compiler: the numpy loop is the only one")
+    g, built, _ = _sized_graph(folded("resnete"))
+    for depths in (built, {e: 2 for e in built}, {e: None for e in built}):
+        fast = fifos.simulate(g, depths)
+        monkeypatch.setenv(fifo_kernel.DISABLE_ENV, "1")
+        slow = fifos.simulate(g, depths)
+        monkeypatch.delenv(fifo_kernel.DISABLE_ENV)
+        assert (fast.deadlock, fast.cycles, fast.frame_done) == (slow.deadlock, slow.cycles, slow.frame_done)
+        assert fast.max_occupancy.tolist() == slow.max_occupancy.tolist()
+        assert sorted(fast.full_edges) == sorted(slow.full_edges)
+
+
+def test_modelled_cycles_hook(folded):
+    """Per node, the cycles the model gives it alone (the hook for RTL-simulation cross-checks):
+    FINN's estimate for the loop nodes, at most that for the window generators."""
+    from bnnflow.build_flows import fifos
+
+    res = folded("cnv")
+    g = fifos.stream_graph(res.model)
+    for p in g.procs:
+        if p.virtual:
+            continue
+        cycles = fifos.modelled_cycles(g, p.name)
+        if p.swg is None:
+            assert cycles == g.exp_cycles[p.name], p.name
+        else:
+            assert 0 < cycles <= g.exp_cycles[p.name], p.name
+
+
+def test_summary_reports_the_simulated_fps(tiny_cnv):
+    """summary.json and the printed summary give the stream model's FPS and latency beside FINN's."""
+    from rich.console import Console
+
+    from bnnflow.build_flows.estimates import print_summary
+
+    s = tiny_cnv["summary"]
+    assert not s["sim_deadlock"] and s["sim_interval_cycles"] >= s["max_cycles"]
+    assert 0 < s["sim_fps"] <= s["fps"] * (1 + 1e-9) and s["sim_latency_ms"] > 0
+    assert s["sim_fps"] == pytest.approx(s["clock_mhz"] * 1e6 / s["sim_interval_cycles"])
+    console = Console(record=True, width=200)
+    print_summary(s, console, per_layer=False)
+    text = console.export_text()
+    assert f"Stream model with this build's FIFO depths: {s['sim_fps']:,.0f} FPS" in text
 
 
 # ------------------------------------------------------------------ the default models
@@ -190,7 +325,8 @@ def test_join_check_self_consistent_on_default_models(model, default_fold):
     from bnnflow.build_flows import fifos
 
     _, res = default_fold(model)
-    check = fifos.check_join_fifos(res.model, reference=res.evaluation.fifo_plan)
+    sized = fifos.apply_fifo_depths(_copy(res.model), res.evaluation.fifo_plan)  # a join-free fold: config only
+    check = fifos.check_join_fifos(sized, reference=res.evaluation.fifo_plan)
     assert check.ok, check.message
     if model != "cnv":
         assert any(f.short for f in res.evaluation.fifo_plan.fifos)

@@ -29,17 +29,17 @@ def add_parsers(sub) -> None:
 def print_report(report: dict, console) -> None:
     from rich.table import Table
 
-    from bnnflow.build_flows.benchmark import accuracy_text
+    from bnnflow.build_flows.benchmark import sim_fps_text, accuracy_text
 
     table = Table(title=f"bnnflow benchmark on {report['board']} ({report['clock_mhz']:.0f} MHz)")
-    for col in ("model", "variant", "top-1", "est. FPS", "lat. ms", "LUT%", "BRAM%", "MMAC/img", "bound%", "s"):
+    for col in ("model", "variant", "top-1", "est. FPS", "sim. FPS", "lat. ms", "LUT%", "BRAM%", "MMAC/img", "bound%", "s"):
         table.add_column(col, justify="left" if col in ("model", "variant") else "right")
     for r in report["rows"]:
         if r.get("error"):
-            table.add_row(r["title"], r["variant"], accuracy_text(r), "[red]does not fit[/]", "", "", "", "", "",
+            table.add_row(r["title"], r["variant"], accuracy_text(r), "[red]does not fit[/]", "", "", "", "", "", "",
                           f"{r['seconds']:.0f}")
             continue
-        table.add_row(r["title"], r["variant"], accuracy_text(r).replace("untrained", "untr."), f"{r['fps']:,.0f}", f"{r['latency_ms']:.2f}",
+        table.add_row(r["title"], r["variant"], accuracy_text(r).replace("untrained", "untr."), f"{r['fps']:,.0f}", sim_fps_text(r), f"{r['latency_ms']:.2f}",
                       f"{r['LUT_pct']:.1f}", f"{r['BRAM_pct']:.1f}", f"{r['binary_macs'] / 1e6:.1f}",
                       f"{r['compute_bound_pct']:.1f}", f"{r['seconds']:.0f}" + (" (cached)" if r.get("cached") else ""))
     console.print(table)

@@ -12,8 +12,9 @@ def add_parsers(sub) -> None:
                        description="Builds the model up to specialize_layers (reusing the build folder when it "
                                    "holds this build), chooses PE/SIMD and memory styles for every layer to "
                                    "maximise the estimated FPS within the LUT/BRAM limits (FIFOs and width "
-                                   "converters counted), sizes the FIFOs of residual/dense joins, prints the result "
-                                   "and writes FINN's folding-config JSON for 'bnnflow build --folding FILE'.")
+                                   "converters counted), sizes every FIFO with a cycle model of the stream graph "
+                                   "(and prints the FPS it reaches beside FINN's estimate), prints the result and "
+                                   "writes FINN's folding-config JSON for 'bnnflow build --folding FILE'.")
     add_model_args(p)
     add_budget_args(p)
     add_build_dir_arg(p)
@@ -28,26 +29,25 @@ def cmd_fold(args) -> int:
 
     from bnnflow.atomic import write_json
     from bnnflow.build_flows import flow
-    from bnnflow.build_flows.build import ensure_build
+    from bnnflow.build_flows.build import check_model, ensure_build, network_name
     from bnnflow.build_flows.build_folding import fold_build, specialised_model
     from bnnflow.build_flows.folding import compare_with_target_fps, print_comparison, print_fold
-    from bnnflow.cli_args import request_from_args
+    from bnnflow.cli_args import model_words, request_from_args
     from bnnflow.hw.boards import get_board
-    from bnnflow.models.zoo import get_variant
 
     console = Console()
-    get_variant(args.model, args.variant)
+    req = request_from_args(args)
+    check_model(req)
     board = get_board(args.board)
     board.budget(args.lut_max, args.bram_max)  # validates the limits before any build
-    req = request_from_args(args)
-    with console.status(f"Building {args.model}/{args.variant} up to {flow.SPECIALISED_STEP}..."):
+    with console.status(f"Building {network_name(req)} up to {flow.SPECIALISED_STEP}..."):
         out_dir, reused, _ = ensure_build(req, flow.SPECIALISED_STEP, Console(quiet=True))
     console.print(f"{'Reusing' if reused else 'Built'} the specialised graph in {out_dir}.")
-    name = f"{args.model}/{args.variant}"
+    name = network_name(req)
     with console.status("Searching the folding..."):
         result, path = fold_build(out_dir, board, args.out, args.lut_max, args.bram_max, name=name)
     print_fold(result, console)
-    console.print(f"Wrote {path}: 'bnnflow build {args.model} --variant {args.variant} --folding {path}' "
+    console.print(f"Wrote {path}: 'bnnflow build {model_words(args)} --folding {path}' "
                   "applies it (edit PE/SIMD there to tune by hand).")
     if args.compare:
         with console.status("Running FINN's target_fps heuristic for comparison..."):

@@ -5,16 +5,29 @@ from __future__ import annotations
 from .. import fifos
 from .search import FoldResult
 
+SIM_TOLERANCE = 1e-6  # the stream model's FPS counts as FINN's when equal up to float rounding
+
 
 def fold_report(result: FoldResult) -> dict:
     ev = result.evaluation
     plan = ev.fifo_plan
+    sim = _simulated(result)
     return {"board": result.board.name, "limits": result.limits, "budget": result.budget,
             "max_cycles": ev.max_cycles, "fps": ev.fps, "bottleneck": ev.bottleneck, "latency_ms": ev.latency_ms,
+            "sim_fps": sim[0] if sim else None, "sim_latency_ms": sim[1] if sim else None,
             "finn_total": ev.finn_total, "fifo_and_dwc": ev.extra, "total": ev.total,
             "utilisation": ev.utilisation(result.board), "fits": ev.fits,
             "fifos": plan.as_dict() if plan else None, "units": result.units, "options": result.options,
             "rounds": result.rounds, "seconds": round(result.seconds, 1)}
+
+
+def _simulated(result: FoldResult) -> tuple[float, float] | None:
+    """(FPS, first-image latency in ms) of the folding in the stream model, with its FIFO plan."""
+    plan = result.evaluation.fifo_plan
+    if plan is None or plan.interval <= 0:
+        return None
+    board = result.board
+    return board.clock_mhz * 1e6 / plan.interval, plan.latency * board.clock_ns / 1e6
 
 
 def _folding_text(attrs: dict) -> str:
@@ -57,7 +70,8 @@ def print_fold(result: FoldResult, console=None) -> None:
     if plan is not None:
         totals.add_row(f"join FIFOs ({sum(1 for f in plan.fifos if f.depth > 2)})", f"{plan.join_lut:,}",
                        str(plan.join_bram), "0")
-        totals.add_row(f"depth-2 FIFOs ({plan.n_streams - len(plan.fifos)})", f"{plan.default_fifo_lut:,}",
+        other = "other FIFOs" if plan.every_fifo else "depth-2 FIFOs"
+        totals.add_row(f"{other} ({plan.n_streams - len(plan.fifos)})", f"{plan.default_fifo_lut:,}",
                        str(plan.default_fifo_bram), "0")
         totals.add_row(f"width converters ({plan.n_dwc})", f"{plan.dwc_lut:,}", "0", "0")
     totals.add_row("total", f"{ev.total['LUT']:,.0f}", f"{ev.total['BRAM_18K']:.0f}", f"{ev.total['DSP']:.0f}")
@@ -69,11 +83,24 @@ def print_fold(result: FoldResult, console=None) -> None:
     console.print(totals)
     console.print(f"Estimated {ev.fps:,.0f} FPS ({ev.max_cycles:,} cycles per image, slowest {ev.bottleneck}); "
                   f"searched {result.options:,} foldings of {result.units} units in {result.seconds:.1f} s.")
-    if plan is not None and plan.interval > 0:
-        console.print(f"Stream model: first image after {plan.latency:,} cycles, then one every "
-                      f"{plan.interval:,} cycles with depth-2 FIFOs outside the joins.")
+    _print_simulated(result, console)
     for line in fifos.describe_plan(plan) if plan else []:
         console.print(f"  join FIFO: {line}")
+
+
+def _print_simulated(result: FoldResult, console) -> None:
+    plan, sim = result.evaluation.fifo_plan, _simulated(result)
+    if sim is None:
+        return
+    fps, latency_ms = sim
+    below = fps < result.evaluation.fps * (1 - SIM_TOLERANCE)
+    fifos_text = "every FIFO sized" if plan.every_fifo else "depth-2 FIFOs outside the joins"
+    note = " [yellow]below FINN's estimate, which assumes no stalls[/]" if below else ", as FINN's estimate"
+    console.print(f"Stream model ({fifos_text}): {fps:,.0f} FPS ({plan.interval:,} cycles/image){note}; "
+                  f"first image after {latency_ms:.2f} ms ({plan.latency:,} cycles).")
+    line = fifos.fifo_summary(plan)
+    if line:
+        console.print(f"  {line[0].upper()}{line[1:]}")
 
 
 def print_comparison(cmp: dict, console=None) -> None:
