@@ -156,17 +156,26 @@ def hardware_logits(out_dir: Path, x_uint8: np.ndarray) -> np.ndarray:
     return np.rint(run_finn_graph(child, xf)).astype(np.int64)
 
 
-def compare_with_brevitas(out_dir: Path, brevitas_logits: np.ndarray, x_uint8: np.ndarray, y: np.ndarray) -> dict:
-    """The folded graph of a build vs Brevitas' float logits on the same images (what `evaluate` reports)."""
+def compare_with_brevitas(out_dir: Path, x_uint8: np.ndarray, y: np.ndarray,
+                          checkpoint_logits: np.ndarray | None = None) -> dict:
+    """The folded graph of a build vs the Brevitas weights the build exported, in float64 (verify's
+    reference: the tie-guarded weights; float32 can round an exact .5 tie the other way). With
+    `checkpoint_logits` (the checkpoint's own float32 pass), also how many top-1s match those."""
     from qonnx.core.modelwrapper import ModelWrapper
 
+    from bnnflow.models.checkpoint import load_checkpoint
+
     a, b = _affine(ModelWrapper(str(flow.intermediate_path(out_dir, STREAMLINED_STEP))))
-    ref, worst = to_integer_domain(brevitas_logits, a, b)
+    net, _ = load_checkpoint(out_dir / flow.BREVITAS_FILE)
+    ref, worst = to_integer_domain(run_brevitas(net, nchw_float(x_uint8)), a, b)
     hw = hardware_logits(out_dir, x_uint8)
     identical, same_top1 = agreement(hw, ref)
-    return {"images": len(x_uint8), "same_top1": same_top1, "identical_integer_logits": identical,
-            "brevitas_top1": float(np.mean(ref.argmax(1) == y)), "hardware_top1": float(np.mean(hw.argmax(1) == y)),
-            "brevitas_max_distance_to_integer": worst, "build": str(out_dir)}
+    result = {"images": len(x_uint8), "same_top1": same_top1, "identical_integer_logits": identical,
+              "brevitas_top1": float(np.mean(ref.argmax(1) == y)), "hardware_top1": float(np.mean(hw.argmax(1) == y)),
+              "brevitas_max_distance_to_integer": worst, "build": str(out_dir)}
+    if checkpoint_logits is not None:
+        result["same_top1_as_checkpoint_float32"] = int(np.sum(hw.argmax(1) == checkpoint_logits.argmax(1)))
+    return result
 
 
 def verify_build(out_dir: Path, net, x_uint8: np.ndarray, labels: np.ndarray | None = None,
@@ -271,8 +280,9 @@ CPPSIM_STAGE = "HLS C++ (cppsim)"
 
 def run_cppsim_stage(out_dir: Path, child, x: np.ndarray, console: Console) -> tuple[StageResult | None, dict]:
     """FINN's cppsim of the folded graph on x (graph-input layout): its logits as a stage, and what ran as
-    what, every tensor compared with the functional model. (None, {"skipped": sentence}) when the
-    sources or the compiler are missing."""
+    what, every tensor compared with the functional model; every RTL node also in Verilator, one node at a
+    time on the same images (verilator_sim; one sentence without Verilator). (None, {"skipped": sentence})
+    when the cppsim sources or the compiler are missing."""
     from . import cppsim
     from .functional import execute_graph
 
@@ -307,15 +317,16 @@ def run_cppsim_stage(out_dir: Path, child, x: np.ndarray, console: Console) -> t
                   f"({'reused' if prepared.reused else 'compiled'} binaries: {prepared.seconds:.0f} s)")
     ref = execute_graph(model, x, tensors=list(tensors))
     differ = [t for t in tensors if not np.array_equal(tensors[t].reshape(ref[t].shape), ref[t])]
+    rtl = _run_verilator(out_dir, child, {**ref, model.graph.input[0].name: x}, n, console)
     kinds = cppsim.node_kinds(model, sources)
-    hls = [k for k, v in kinds.items() if v != cppsim.PYTHON]
+    kinds.update({k: row["ran_as"] for k, row in rtl.get("nodes", {}).items()})
+    hls = [nd.name for nd in cppsim._hls_nodes(model)]
     not_run = [k for k in hls if k not in ran]
-    by_type: dict[str, dict] = {}
-    for node in model.graph.node:
-        row = by_type.setdefault(node.op_type, {"nodes": 0, "ran_as": kinds[node.name]})
-        row["nodes"] += 1
-    st.note = (st.note + "; " if st.note else "") + (f"{len(hls)} HLS nodes in C++, {len(kinds) - len(hls)} in Python; "
-               f"{len(tensors) - len(differ)}/{len(tensors)} tensors = functional model")
+    in_verilator = [k for k, row in rtl.get("nodes", {}).items() if "identical" in row]
+    st.note = (st.note + "; " if st.note else "") + (
+        f"{len(hls)} HLS nodes in C++, {len(in_verilator)} RTL nodes also in Verilator, "
+        f"{len(kinds) - len(hls) - len(in_verilator)} in Python only; "
+        f"{len(tensors) - len(differ)}/{len(tensors)} tensors = functional model")
     info = {
         "images": n,
         "sources": sources.describe(),
@@ -324,23 +335,63 @@ def run_cppsim_stage(out_dir: Path, child, x: np.ndarray, console: Console) -> t
         "binaries_reused": prepared.reused,
         "seconds_per_image": seconds / max(n, 1),
         "nodes": kinds,
-        "node_types": by_type,
+        "node_types": node_types(model, kinds, rtl),
         "hls_nodes_not_run": not_run,
         "tensors_compared": len(tensors),
         "tensors_differing": differ,
         "shim_warnings": prepared.shim_warnings,
-        "all_tensors_identical": not differ and not not_run,
+        "verilator": rtl,
+        "all_tensors_identical": not differ and not not_run and rtl.get("all_identical", True),
     }
     return st, info
+
+
+def _run_verilator(out_dir: Path, child, ref: dict, n: int, console: Console) -> dict:
+    """Every RTL node in Verilator on the same n images (verilator_sim.simulate), or {"skipped": sentence}."""
+    from . import verilator_sim
+
+    with console.status("Compiling (or reusing) and running every RTL layer in Verilator..."):
+        rtl = verilator_sim.simulate(out_dir, child, ref, n)
+    if "skipped" not in rtl:
+        console.print(f"  {'RTL layers (Verilator)':<28} {rtl['nodes_run']} nodes, {rtl['run_seconds']:.1f} s "
+                      f"({rtl['binaries_reused']} reused binaries, {rtl['compile_seconds']:.0f} s to compile)")
+    return rtl
+
+
+def node_types(model, kinds: dict[str, str], rtl: dict) -> dict[str, dict]:
+    """op type -> {nodes, ran_as (one kind, or 'kind xN; ...' when its nodes differ), identical (RTL nodes in
+    Verilator), cycles per image (the slowest node of the type, Verilator)}."""
+    rows: dict[str, dict] = {}
+    for node in model.graph.node:
+        row = rows.setdefault(node.op_type, {"nodes": 0, "kinds": {}})
+        row["nodes"] += 1
+        row["kinds"][kinds[node.name]] = row["kinds"].get(kinds[node.name], 0) + 1
+        sim = rtl.get("nodes", {}).get(node.name, {})
+        if "identical" in sim:
+            row["verilator_identical"] = row.get("verilator_identical", 0) + int(sim["identical"])
+            row["cycles_per_image"] = max(row.get("cycles_per_image", 0), sim["cycles_per_image"])
+    for row in rows.values():
+        ks = row.pop("kinds")
+        row["ran_as"] = next(iter(ks)) if len(ks) == 1 else "; ".join(f"{k} x{c}" for k, c in ks.items())
+    return rows
 
 
 def print_cppsim(info: dict, console: Console) -> None:
     if "skipped" in info:
         console.print(info["skipped"])
         return
-    types = ", ".join(f"{t} x{r['nodes']}: {r['ran_as']}" for t, r in info["node_types"].items())
-    console.print(f"cppsim ran as: {types}.")
+    table = Table(title=f"--sim {info['images']}: what ran as what (every tensor compared with the functional model)")
+    rtl = any("verilator_identical" in r for r in info["node_types"].values())
+    cols = ("node type", "nodes", "ran as") + (("Verilator = functional", "cycles/image (Verilator)") if rtl else ())
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("node type", "ran as") else "right")
+    for op, r in info["node_types"].items():
+        same = f"{r['verilator_identical']}/{r['nodes']}" if "verilator_identical" in r else ""
+        cycles = f"{r['cycles_per_image']:,.0f}" if "cycles_per_image" in r else ""
+        table.add_row(op, str(r["nodes"]), r["ran_as"], *((same, cycles) if rtl else ()))
+    console.print(table)
     console.print(f"cppsim sources: {info['sources']}; the project's stand-ins: {', '.join(info['stand_ins'])}.")
+    _print_verilator(info.get("verilator", {}), console)
     if info.get("shim_warnings"):
         console.print(f"[red]cppsim: the hls::stream shim reported {len(info['shim_warnings'])} problem(s), "
                       f"e.g. {info['shim_warnings'][0]}[/]")
@@ -350,3 +401,18 @@ def print_cppsim(info: dict, console: Console) -> None:
     else:
         console.print(f"[red]cppsim: tensors differing from the functional model: {info['tensors_differing']}; "
                       f"HLS nodes whose binary did not run: {info['hls_nodes_not_run']}.[/]")
+
+
+def _print_verilator(rtl: dict, console: Console) -> None:
+    if "skipped" in rtl:
+        console.print(rtl["skipped"])
+        return
+    if not rtl:
+        return
+    console.print(f"Verilator ({rtl['verilator']}) ran each RTL node on its own, on the functional model's "
+                  f"activations (inside the cppsim graph RTL nodes run as FINN's Python models).")
+    if rtl["failed"] or rtl["tensors_differing"]:
+        console.print(f"[red]Verilator: differing tensors {rtl['tensors_differing']}; failed {rtl['failed']}.[/]")
+    else:
+        console.print(f"[green]Verilator: all {rtl['tensors_compared']} RTL output tensors identical to the "
+                      f"functional model.[/]")

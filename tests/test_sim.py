@@ -21,7 +21,7 @@ import pytest
 from rich.console import Console
 
 from bnnflow import compat
-from bnnflow.build_flows import cppsim
+from bnnflow.build_flows import cppsim, verilator_sim
 from bnnflow.build_flows.build import BREVITAS_FILE
 from bnnflow.build_flows.verify import CPPSIM_STAGE, folded_model_and_input, print_verify, verify_build
 from bnnflow.images import nchw_float
@@ -350,12 +350,17 @@ def test_cppsim_cnv_tiny(tmp_path, tiny_cnv_build, cifar_test):
     assert not info["binaries_reused"]
     child, _ = folded_model_and_input(out, nchw_float(x[:1]))
     assert info["tensors_compared"] == sum(len(n.output) for n in child.graph.node)
-    for node in child.graph.node:  # every HLS node in C++, every RTL node as FINN's Python model
-        want = cppsim.PYTHON if node.op_type.endswith("_rtl") else (
+    rtl_kind = cppsim.PYTHON if verilator_sim.unavailable() else verilator_sim.RTL
+    for node in child.graph.node:  # every HLS node in C++, every RTL node in Verilator (or Python without it)
+        want = rtl_kind if node.op_type.endswith("_rtl") else (
             cppsim.HLS_REIMPLEMENTED.get(node.op_type, cppsim.HLS))
         assert node.op_type.endswith(("_hls", "_rtl")) and info["nodes"][node.name] == want, node.name
-    assert {t for t, r in info["node_types"].items() if r["ran_as"] != cppsim.PYTHON} == \
-        {"MVAU_hls", "Pool_hls", "LabelSelect_hls"}
+    in_cpp = (cppsim.HLS, *cppsim.HLS_REIMPLEMENTED.values())
+    assert {t for t, r in info["node_types"].items() if r["ran_as"] in in_cpp} == {"MVAU_hls", "Pool_hls", "LabelSelect_hls"}
+    if rtl_kind == verilator_sim.RTL:  # real activations through every RTL node's HDL, identical
+        rtl = info["verilator"]
+        assert rtl["all_identical"] and rtl["nodes_run"] == sum(n.op_type.endswith("_rtl") for n in child.graph.node)
+        assert all(r["cycles_per_image"] > 0 for r in rtl["nodes"].values())
 
     # a second verify reuses the compiled binaries and gives the same tensors
     child, xf = folded_model_and_input(out, nchw_float(x[:2]))

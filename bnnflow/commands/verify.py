@@ -18,8 +18,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--sim", type=int, default=0, metavar="N",
                    help="also run the first N images through FINN's cppsim: the generated HLS C++ of every HLS "
                         "layer, compiled with g++ against the open-source ap_int headers and finn-hlslib "
-                        "(BNNFLOW_HLS_DEPS or ../shared/vendor, or a Vitis HLS install); RTL layers run as FINN's "
-                        "Python models. Binaries are cached in BUILD/cppsim. Default: %(default)s (off)")
+                        "(BNNFLOW_HLS_DEPS or ../shared/vendor, or a Vitis HLS install), and every RTL layer in Verilator, "
+                        "one node at a time. Binaries are cached in BUILD/cppsim and BUILD/verilator. "
+                        "Default: %(default)s (off)")
     add_data_args(p, download=True)
 
 
