@@ -13,8 +13,15 @@ setup:
 build: setup
 	$(VENV)/bin/bnnflow build $(MODEL) --board $(BOARD) --force; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ]
 
+# The image build (tests/test_docker.py, ~5 min of downloads and podman I/O) runs beside the other
+# tests, in its own pytest session and temp folder; its report follows theirs.
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	@log=$$(mktemp); tmp=$$(mktemp -d); \
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --basetemp="$$tmp" -m image >"$$log" 2>&1 & image=$$!; \
+	$(VENV)/bin/python -m pytest -q -m "not image"; rc=$$?; \
+	wait $$image; image_rc=$$?; \
+	echo "--- the Docker image test (pytest -m image):"; cat "$$log"; rm -rf "$$log" "$$tmp"; \
+	[ $$rc -eq 0 ] && [ $$image_rc -eq 0 ]
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q -m "not slow and not build"

@@ -8,7 +8,9 @@
 # uid:gid. With FINN_XILINX_PATH (e.g. /tools/Xilinx) and FINN_XILINX_VERSION (default 2024.2) set,
 # the Xilinx install is mounted read-only at the same path and the entrypoint sources its settings64.sh.
 # Environment: BNNFLOW_IMAGE (default bnnflow), BNNFLOW_DOCKER (default docker; podman works too),
-# BNNFLOW_DATA (CIFAR-10 folder; default as bnnflow's own: ../shared/data, else ~/.cache/bnnflow/cifar10).
+# BNNFLOW_DATA (CIFAR-10 folder; default as bnnflow's own: ../shared/data, else ~/.cache/bnnflow/cifar10),
+# BNNFLOW_HLS_DEPS (finn-hlslib + open-source ap_int headers for `verify --sim`; default ../shared/vendor
+# where it exists), mounted read-only at /hls-deps.
 # --dry-run prints the docker command instead of running it.
 set -eu
 die() { echo "docker/run.sh: error: $*" >&2; exit 2; }
@@ -25,7 +27,7 @@ while [ $# -gt 0 ]; do
     --image=*) image=${1#*=} ;;
     --build-dir) [ $# -ge 2 ] || die "--build-dir needs a folder."; outdir=$2; shift ;;
     --build-dir=*) outdir=${1#*=} ;;
-    -h|--help) sed -n '2,12s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14s/^# \{0,1\}//p' "$0"; exit 0 ;;
     --) shift; break ;;
     *) break ;;
   esac
@@ -36,6 +38,12 @@ done
 if [ -n "${BNNFLOW_DATA:-}" ]; then data=$BNNFLOW_DATA
 elif [ -d "$repo/../shared/data" ]; then data=$(cd "$repo/../shared/data" && pwd)
 else data=${HOME:-/tmp}/.cache/bnnflow/cifar10
+fi
+if [ -n "${BNNFLOW_HLS_DEPS:-}" ]; then
+  [ -d "$BNNFLOW_HLS_DEPS" ] || die "BNNFLOW_HLS_DEPS=$BNNFLOW_HLS_DEPS is not a folder: point it at finn-hlslib and HLS_arbitrary_Precision_Types, or unset it."
+  deps=$BNNFLOW_HLS_DEPS
+elif [ -d "$repo/../shared/vendor" ]; then deps=$(cd "$repo/../shared/vendor" && pwd -P)
+else deps=
 fi
 xpath=${FINN_XILINX_PATH:-}
 xver=${FINN_XILINX_VERSION:-2024.2}
@@ -60,6 +68,7 @@ n=$#
 set -- "$@" run --rm --user "$(id -u):$(id -g)" -v "$repo:/bnnflow" -w /bnnflow -v "$outdir:/bnnflow/build" \
   -v "$data:/data" -e BNNFLOW_DATA=/data
 if [ -t 0 ] && [ -t 1 ]; then set -- "$@" -it; fi
+if [ -n "$deps" ]; then set -- "$@" -v "$(abs "$deps"):/hls-deps:ro" -e BNNFLOW_HLS_DEPS=/hls-deps; fi
 if [ -n "$xpath" ]; then
   set -- "$@" -v "$xpath:$xpath:ro" -e "FINN_XILINX_PATH=$xpath" -e "FINN_XILINX_VERSION=$xver"
 fi

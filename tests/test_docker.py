@@ -34,6 +34,7 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnnf
 TORCH_WHEEL_GLOB = "torch-2.13.0+cpu-cp311-cp311-*.whl"
 DEBIAN_MIRROR = os.environ.get("BNNFLOW_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 HOST_ENV_VARS = ("FINN_XILINX_PATH", "FINN_XILINX_VERSION", "BNNFLOW_IMAGE", "BNNFLOW_DOCKER", "BNNFLOW_DATA",
+                 "BNNFLOW_HLS_DEPS",
                  "XILINXD_LICENSE_FILE", "LM_LICENSE_FILE", "XILINX_VIVADO", "XILINX_HLS")
 
 
@@ -84,18 +85,19 @@ def test_dockerfile_copies_every_package_folder():
 def test_dry_run_composes_the_docker_command(tmp_path):
     xilinx = tmp_path / "Xilinx"
     (xilinx / "Vivado" / "2024.2").mkdir(parents=True)
-    out, data = tmp_path / "my builds", tmp_path / "cifar"
+    out, data, deps = tmp_path / "my builds", tmp_path / "cifar", tmp_path / "hls deps"
+    deps.mkdir()
     r = launch("--dry-run", "--build-dir", out, "build", "resnete", "--board", "pynq-z2",
-               FINN_XILINX_PATH=xilinx, FINN_XILINX_VERSION="2024.2", BNNFLOW_DATA=data,
+               FINN_XILINX_PATH=xilinx, FINN_XILINX_VERSION="2024.2", BNNFLOW_DATA=data, BNNFLOW_HLS_DEPS=deps,
                BNNFLOW_IMAGE="bnnflow:test", XILINXD_LICENSE_FILE="2100@licserver")
     assert r.returncode == 0, r.stderr
     argv = shlex.split(r.stdout)  # the printed command is shell-quoted ("my builds" has a space)
     assert argv[:3] == ["docker", "run", "--rm"]
     assert argv[argv.index("--user") + 1] == f"{os.getuid()}:{os.getgid()}"
     assert options(argv, "-v") == [f"{REPO}:/bnnflow", f"{out}:/bnnflow/build", f"{data}:/data",
-                                   f"{xilinx}:{xilinx}:ro"]
-    assert options(argv, "-e") == ["BNNFLOW_DATA=/data", f"FINN_XILINX_PATH={xilinx}", "FINN_XILINX_VERSION=2024.2",
-                                   "XILINXD_LICENSE_FILE"]
+                                   f"{deps}:/hls-deps:ro", f"{xilinx}:{xilinx}:ro"]
+    assert options(argv, "-e") == ["BNNFLOW_DATA=/data", "BNNFLOW_HLS_DEPS=/hls-deps", f"FINN_XILINX_PATH={xilinx}",
+                                   "FINN_XILINX_VERSION=2024.2", "XILINXD_LICENSE_FILE"]
     assert options(argv, "-w") == ["/bnnflow"]
     assert "-it" not in argv  # stdin is not a terminal
     image = argv.index("bnnflow:test")
@@ -108,7 +110,9 @@ def test_dry_run_without_xilinx_mounts_no_tools_and_keeps_arguments_verbatim(tmp
     r = launch("--dry-run", "--image=bnnflow", "--", *tricky, BNNFLOW_DATA=tmp_path)
     assert r.returncode == 0, r.stderr
     argv = shlex.split(r.stdout)
-    assert options(argv, "-v") == [f"{REPO}:/bnnflow", f"{REPO}/build:/bnnflow/build", f"{tmp_path}:/data"]
+    shared_vendor = REPO.parent / "shared" / "vendor"  # `verify --sim`'s default sources, mounted where they exist
+    vendor = [f"{shared_vendor.resolve()}:/hls-deps:ro"] if shared_vendor.is_dir() else []
+    assert options(argv, "-v") == [f"{REPO}:/bnnflow", f"{REPO}/build:/bnnflow/build", f"{tmp_path}:/data", *vendor]
     assert not any(e.startswith("FINN_XILINX") for e in options(argv, "-e"))
     assert argv[-len(tricky) - 2:] == ["bnnflow", "bnnflow", *tricky]
 
@@ -116,10 +120,11 @@ def test_dry_run_without_xilinx_mounts_no_tools_and_keeps_arguments_verbatim(tmp
 @pytest.mark.parametrize("args, env, needle", [
     (["build", "resnete"], {"FINN_XILINX_PATH": "{tmp}/missing"}, "FINN_XILINX_PATH={tmp}/missing is not a folder"),
     (["build", "resnete"], {"FINN_XILINX_PATH": "{tmp}", "FINN_XILINX_VERSION": "2019.1"}, "set FINN_XILINX_VERSION"),
+    (["verify", "cnv"], {"BNNFLOW_HLS_DEPS": "{tmp}/nowhere"}, "BNNFLOW_HLS_DEPS={tmp}/nowhere is not a folder"),
     ([], {}, "no bnnflow command given"),
     (["--image"], {}, "--image needs an image name"),
     (["models"], {"BNNFLOW_DOCKER": "/nonexistent/docker"}, "'/nonexistent/docker' not found"),
-], ids=["xilinx-path-missing", "xilinx-version-missing", "no-command", "image-without-name", "no-docker"])
+], ids=["xilinx-path-missing", "xilinx-version-missing", "hls-deps-missing", "no-command", "image-without-name", "no-docker"])
 def test_launcher_errors_are_one_sentence(tmp_path, args, env, needle):
     env = {k: v.format(tmp=tmp_path) for k, v in env.items()}
     dry = [] if "BNNFLOW_DOCKER" in env else ["--dry-run"]
@@ -217,6 +222,7 @@ def cannot_build(reason: str):
 
 
 @pytest.mark.slow
+@pytest.mark.image
 def test_image_builds_and_bnnflow_runs_in_it(tmp_path):
     """About 7 min here from scratch: debootstrap ~1 min (then cached), apt ~1 min, setup.sh ~3 min, commits,
     the selftest stage (bnnflow steps, models and the tiny CNV's estimate, inside the image), and ~1 min to

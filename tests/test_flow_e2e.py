@@ -78,8 +78,8 @@ def test_committed_checkpoint_identical_at_every_stage(tmp_path, cifar_test):
     x, y = cifar_test
     result, logits = assert_every_stage_identical(out, net, x[:200], y)
     assert len(np.unique(logits.argmax(1))) == 10  # trained: every class predicted
-    # a trained net: far above chance on these images, in line with its recorded test top-1 (76.88 %)
-    assert recorded_top1(ckpt) == pytest.approx(0.7688, abs=5e-5)
+    # a trained net: far above chance on these images, in line with its recorded test top-1 (77.48 %)
+    assert recorded_top1(ckpt) == pytest.approx(0.7748, abs=5e-5)
     assert 0.6 <= result["brevitas_top1_accuracy"] <= 0.8
 
 

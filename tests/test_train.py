@@ -349,6 +349,7 @@ def test_evaluate_hardware_graph_agrees(runs, tmp_path, capsys):
 
     hw = json.loads((tmp_path / "eval.json").read_text())["hardware"]
     assert code == 0 and hw["same_top1"] == 20 and hw["identical_integer_logits"] == 20, out
+    assert hw["same_top1_as_checkpoint_float32"] >= 19, out  # float32 may break one exact tie the other way
 
 
 # ------------------------------------------------------------------- damaged run folders (fuzzed)
