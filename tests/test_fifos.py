@@ -119,8 +119,9 @@ def test_stream_model_matches_the_reference_simulator(model, folded):
     assert not planned.deadlock and planned.interval == plan.interval == plan.target_interval
     shorts = [f for f in plan.fifos if f.short]
     assert shorts
-    for f in shorts:  # the model's least depth plus the slack for the hardware's pipeline latency
-        assert f.depth > f.minimum >= fifos.DEFAULT_DEPTH and f.depth > f.occupancy >= 1
+    for f in shorts:  # at least the model's least depth (plus slack for the hardware's pipeline latency); with
+        # every FIFO sized, a short FIFO may fill up without costing the interval (DenseNet's concats do)
+        assert f.depth >= f.minimum >= fifos.DEFAULT_DEPTH and f.depth >= f.occupancy >= 1
     assert _compare_with_reference(g, {e: 2 for e in g.join_edges()}).deadlock
 
 
