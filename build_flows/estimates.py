@@ -25,7 +25,6 @@ from .resources import design_total, stream_resources
 from .resources import fits as design_fits
 
 # finn-plus 1.6.1's estimator returns LUT = 0 for these ops, so LUT totals undercount.
-FPS_TOLERANCE = 1e-6  # the stream model's FPS counts as FINN's when equal up to float rounding
 LUT_UNMODELLED = ("DuplicateStreams", "ElementwiseAdd", "Pool", "StreamingConcat", "FMPadding", "LabelSelect")
 
 
@@ -92,8 +91,10 @@ def simulated_performance(sim, board: Board) -> dict:
     if sim.deadlock:
         return {"sim_deadlock": True, "sim_fps": 0.0, "sim_latency_ms": None, "sim_interval_cycles": None,
                 "sim_latency_cycles": None}
-    return {"sim_deadlock": False, "sim_fps": board.clock_mhz * 1e6 / sim.interval,
-            "sim_latency_ms": sim.latency * board.clock_ns / 1e6, "sim_interval_cycles": int(sim.interval),
+    from .fifos import stream_performance
+
+    fps, latency_ms = stream_performance(sim.interval, sim.latency, board)
+    return {"sim_deadlock": False, "sim_fps": fps, "sim_latency_ms": latency_ms, "sim_interval_cycles": int(sim.interval),
             "sim_latency_cycles": int(sim.latency)}
 
 
@@ -103,7 +104,9 @@ def _simulated_line(summary: dict) -> str | None:
     if summary["sim_deadlock"]:
         return ("[red]The stream model deadlocks with this build's FIFO depths[/]: re-run 'bnnflow fold' (it sizes "
                 "every FIFO) or raise inFIFODepths in the folding config.")
-    below = summary["sim_fps"] < summary["fps"] * (1 - FPS_TOLERANCE)
+    from .fifos import below_estimate
+
+    below = below_estimate(summary["sim_fps"], summary["fps"])
     note = (" [yellow]below FINN's estimate, which assumes no stalls[/]: FIFOs too shallow for the bursts "
             "(re-run 'bnnflow fold' to size every FIFO)" if below else ", as FINN's estimate")
     return (f"Stream model with this build's FIFO depths: {summary['sim_fps']:,.0f} FPS "

@@ -64,6 +64,7 @@ from .fifo_sizing import (  # noqa: E402, F401
     REPORT_FRAMES, SIZING_BUDGET, SIZING_FRAMES, Sizing, fixed_edges, inner_edges, modelled_cycles, size_all,
 )
 
+FPS_TOLERANCE = 1e-6  # the stream model's FPS counts as FINN's when equal up to float rounding
 PIPELINE_SLACK = 8  # elements per node of the other branch, for the pipeline latency the model omits
 SIDES_PROBE_FRACTION = 4  # join_sides stops once every join has read 1/4 of a frame on each input
 
@@ -366,6 +367,16 @@ def describe_plan(plan: FifoPlan) -> list[str]:
         lines.append(f"{f.join} input {f.port} ({'short' if f.short else 'long'} branch from {f.fork or '?'}): "
                      f"depth {f.depth} x {f.width} bit (peak {f.occupancy}), {f.lut} LUT, {f.bram} BRAM18")
     return lines
+
+
+def stream_performance(interval: int, latency: int, board) -> tuple[float, float]:
+    """(FPS, first-image latency in ms) on `board` of a stream-model run's interval and latency in cycles."""
+    return board.clock_mhz * 1e6 / interval, latency * board.clock_ns / 1e6
+
+
+def below_estimate(sim_fps: float, finn_fps: float) -> bool:
+    """The stream model runs slower than FINN's stall-free estimate (beyond float rounding)."""
+    return sim_fps < finn_fps * (1 - FPS_TOLERANCE)
 
 
 def fifo_summary(plan: FifoPlan) -> str | None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from .. import fifos
 from .search import FoldResult
 
-SIM_TOLERANCE = 1e-6  # the stream model's FPS counts as FINN's when equal up to float rounding
-
 
 def fold_report(result: FoldResult) -> dict:
     ev = result.evaluation
@@ -26,8 +24,7 @@ def _simulated(result: FoldResult) -> tuple[float, float] | None:
     plan = result.evaluation.fifo_plan
     if plan is None or plan.interval <= 0:
         return None
-    board = result.board
-    return board.clock_mhz * 1e6 / plan.interval, plan.latency * board.clock_ns / 1e6
+    return fifos.stream_performance(plan.interval, plan.latency, result.board)
 
 
 def _folding_text(attrs: dict) -> str:
@@ -93,7 +90,7 @@ def _print_simulated(result: FoldResult, console) -> None:
     if sim is None:
         return
     fps, latency_ms = sim
-    below = fps < result.evaluation.fps * (1 - SIM_TOLERANCE)
+    below = fifos.below_estimate(fps, result.evaluation.fps)
     fifos_text = "every FIFO sized" if plan.every_fifo else "depth-2 FIFOs outside the joins"
     note = " [yellow]below FINN's estimate, which assumes no stalls[/]" if below else ", as FINN's estimate"
     console.print(f"Stream model ({fifos_text}): {fps:,.0f} FPS ({plan.interval:,} cycles/image){note}; "
