@@ -13,15 +13,24 @@ setup:
 build: setup
 	$(VENV)/bin/bnnflow build $(MODEL) --board $(BOARD) --force; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ]
 
-# The image build (tests/test_docker.py, ~5 min of downloads and podman I/O) runs beside the other
-# tests, in its own pytest session and temp folder; its report follows theirs.
+# Two long, mostly self-contained parts run beside the rest, each in its own pytest session and temp
+# folder, reports after the rest's: the Docker image build (tests/test_docker.py, downloads and podman
+# I/O) and `verify --sim` of the three default models (tests/test_sim_defaults.py, g++/Verilator
+# compiles, cached across runs by ccache in $$BNNFLOW_CCACHE_DIR).
+BESIDE := image simdefaults
+REST   := not image and not simdefaults
+
 test: setup
-	@log=$$(mktemp); tmp=$$(mktemp -d); \
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --basetemp="$$tmp" -m image >"$$log" 2>&1 & image=$$!; \
-	$(VENV)/bin/python -m pytest -q -m "not image"; rc=$$?; \
-	wait $$image; image_rc=$$?; \
-	echo "--- the Docker image test (pytest -m image):"; cat "$$log"; rm -rf "$$log" "$$tmp"; \
-	[ $$rc -eq 0 ] && [ $$image_rc -eq 0 ]
+	@dir=$$(mktemp -d); pids=""; \
+	for m in $(BESIDE); do \
+	  mkdir "$$dir/$$m"; \
+	  $(VENV)/bin/python -m pytest -q -p no:cacheprovider --basetemp="$$dir/$$m/tmp" -m "$$m" >"$$dir/$$m.log" 2>&1 & \
+	  pids="$$pids $$!"; \
+	done; \
+	$(VENV)/bin/python -m pytest -q -m "$(REST)"; rc=$$?; \
+	for p in $$pids; do wait $$p || rc=1; done; \
+	for m in $(BESIDE); do echo "--- pytest -m $$m:"; cat "$$dir/$$m.log"; done; \
+	rm -rf "$$dir"; exit $$rc
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q -m "not slow and not build"

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bnnflow.commands import benchmark, build, deploy, evaluate, fold, train, verify
+from bnnflow.commands import benchmark, build, deploy, evaluate, fold, sweep, train, verify
 from bnnflow.errors import BnnflowError
 
 DESCRIPTION = """\
@@ -27,6 +27,7 @@ Typical use:
   bnnflow train resnete --epochs 150     train from scratch on CIFAR-10 (runs/..., --resume continues)
   bnnflow evaluate runs/X/best.pt        test top-1: Brevitas on all 10,000 images, FINN graph image for image
   bnnflow runs runs/*                    recipe table of training runs (epochs, CPU-hours, val/test top-1)
+  bnnflow sweep points.yaml              a grid of design points on a Dask cluster (local, --scheduler, --cluster slurm)
 """
 
 
@@ -46,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
     _light("runs_table").add_runs_parser(sub)
     fold.add_parsers(sub)
     benchmark.add_parsers(sub)
+    sweep.add_parsers(sub)
     return ap
 
 
@@ -114,7 +116,7 @@ def cmd_runs(args) -> int:
 
 COMMANDS = {"models": cmd_models, "boards": cmd_boards, "steps": cmd_steps, "runs": cmd_runs, **train.COMMANDS,
             **build.COMMANDS, **verify.COMMANDS, **deploy.COMMANDS, **evaluate.COMMANDS, **fold.COMMANDS,
-            **benchmark.COMMANDS}
+            **benchmark.COMMANDS, **sweep.COMMANDS}
 
 
 def _default_checkpoint(args) -> None:
@@ -122,7 +124,9 @@ def _default_checkpoint(args) -> None:
     given an existing build (--build, --resume, --from-step) takes that build's weights instead."""
     if getattr(args, "checkpoint", False) is not None or not hasattr(args, "variant"):
         return
-    if getattr(args, "random_weights", False) or ":" in str(args.model):  # a user's network: no committed weights
+    from bnnflow.model_ref import is_user_model
+
+    if getattr(args, "random_weights", False) or is_user_model(args.model):  # a user's network: no committed weights
         return
     from bnnflow.models.checkpoint import committed_checkpoint, recorded_top1
 

@@ -28,12 +28,19 @@ def hidden_alias(p: argparse.ArgumentParser, flag: str, dest: str, **kw) -> None
 
 def add_model_args(p: argparse.ArgumentParser, board: bool = True) -> None:
     p.add_argument("model", help=f"network: {', '.join(MODEL_NAMES)}, or your own Brevitas network as "
-                                 "path/to/file.py:factory or package.module:factory (see README, 'Your own network')")
+                                 "path/to/file.py:factory or package.module:factory, or its QONNX export as "
+                                 "path/to/model.onnx (see README, 'Your own network')")
     p.add_argument("--model-args", metavar="JSON", help="your own network only: keyword arguments for its factory, "
                                                         "a JSON object such as '{\"pretrained\": false}'")
     p.add_argument("--input-scale", choices=("raw", "unit"), default=None,
                    help="your own network only: the pixels it was trained on, raw (0..255) or unit (0..1; bnnflow "
                         "folds the 1/255 into the graph, the hardware still takes raw bytes); default: raw")
+    p.add_argument("--input-mean", metavar="M1,M2,M3", help="your own network only: per-channel mean it subtracts "
+                                                           "from the pixels (in --input-scale units, as "
+                                                           "torchvision's Normalize); needs --input-std")
+    p.add_argument("--input-std", metavar="S1,S2,S3", help="your own network only: per-channel standard deviation "
+                                                          "it divides by; bnnflow folds (x - mean) / std into the "
+                                                          "graph in front of your network")
     p.add_argument("--variant", default="default", help="width/depth variant (see 'bnnflow models'); "
                                                          "default: %(default)s")
     p.add_argument("--checkpoint", type=Path, help="trained .pt from 'bnnflow train'; default: the committed "
@@ -80,8 +87,8 @@ def add_flow_args(p: argparse.ArgumentParser, restart: bool = True) -> None:
                                                 "folding search (see 'bnnflow fold')")
 
 
-def add_data_args(p: argparse.ArgumentParser, download: bool = False) -> None:
-    p.add_argument("--data", type=Path, help=DATA_HELP)
+def add_data_args(p: argparse.ArgumentParser, download: bool = False, help_text: str = DATA_HELP) -> None:
+    p.add_argument("--data", type=Path, help=help_text)
     if download:
         p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data if it is missing")
 
@@ -113,13 +120,18 @@ def user_model_args(args) -> dict | None:
 
 def model_words(args) -> str:
     """The network as a command line names it: 'cnv --variant tiny', or a reference with its flags."""
-    if ":" not in args.model:
+    from bnnflow.model_ref import is_user_model
+
+    if not is_user_model(args.model):
         return f"{args.model} --variant {args.variant}"
     words = [args.model]
     if getattr(args, "model_args", None):
         words.append(f"--model-args '{args.model_args}'")
     if getattr(args, "input_scale", None):
         words.append(f"--input-scale {args.input_scale}")
+    for flag in ("input_mean", "input_std"):
+        if getattr(args, flag, None):
+            words.append(f"--{flag.replace('_', '-')} {getattr(args, flag)}")
     return " ".join(words)
 
 
@@ -130,7 +142,13 @@ def request_from_args(args, **overrides):
     --random-weights takes the weights that folder holds.
     """
     from bnnflow.build_flows.identity import BuildRequest
+    from bnnflow.model_ref import input_description
 
+    from bnnflow.model_ref import is_onnx_model, shown
+
+    if getattr(args, "random_weights", False) and is_onnx_model(args.model):
+        raise BnnflowError(f"{shown(args.model)} holds its weights: drop --random-weights (export the network with the "
+                           "weights you want to build).")
     continuing = getattr(args, "resume", False) or getattr(args, "from_step", None) is not None
     fields = dict(model=args.model, variant=args.variant, board=getattr(args, "board", DEFAULT_BOARD),
                   checkpoint=args.checkpoint,
@@ -139,7 +157,9 @@ def request_from_args(args, **overrides):
                   force=getattr(args, "force", False), target_fps=getattr(args, "target_fps", None),
                   folding=getattr(args, "folding", None), seed=getattr(args, "seed", 0),
                   lut_max=getattr(args, "lut_max", None), bram_max=getattr(args, "bram_max", None),
-                  model_args=user_model_args(args), input_scale=getattr(args, "input_scale", None),
+                  model_args=user_model_args(args), input_scale=input_description(
+                      getattr(args, "input_scale", None), getattr(args, "input_mean", None),
+                      getattr(args, "input_std", None)),
                   any_weights=not weights_named(args) and (continuing or getattr(args, "build", None) is not None))
     fields.update(overrides)
     return BuildRequest(**fields)

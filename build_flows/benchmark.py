@@ -18,22 +18,19 @@ flow up to FINN's estimate reports, and collects:
   share); the per-layer constant (300 LUTs), thresholds and stream logic are not lanes. The share is
   binary MACs per image * FPS / bound.
 
-Builds run in a process pool (2 by default; spawn, so every worker has its own FINN state)
-and are cached: a re-run only re-does what changed.
+The designs are a sweep (build_flows/sweep.py): one task each on a Dask cluster (by default a
+LocalCluster sized to this machine), build folders cached in the benchmark folder, so a re-run only
+re-does what changed. The table and plot below serve `bnnflow sweep` too.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import multiprocessing
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from bnnflow.atomic import write_json, write_text
 from bnnflow.catalog import MODEL_TITLES
-from bnnflow.errors import BnnflowError
 
 # CNV-W1A1 first, then the deeper networks; three widths each
 DESIGNS: list[tuple[str, str]] = [
@@ -42,18 +39,9 @@ DESIGNS: list[tuple[str, str]] = [
     ("densenet", "small"), ("densenet", "default"), ("densenet", "wide"),
 ]
 TITLES = MODEL_TITLES
-RESULT_FILE = "bench_result.json"
-RESULT_VERSION = 4  # 3: keyed by the build identity; 4: the stream model's FPS and latency
 # rough relative cost of a build (streamlining dominates), to start the long ones first
 COST = {"cnv": 1, "resnete": 4, "densenet": 4}
 VARIANT_COST = {"tiny": 0.5, "small": 0.8, "default": 1.0, "wide": 1.3}
-
-
-def checkpoint_for(model: str, variant: str) -> tuple[Path | None, float | None]:
-    from bnnflow.models.checkpoint import committed_checkpoint, recorded_top1
-
-    path = committed_checkpoint(model, variant)
-    return (path, recorded_top1(path)) if path is not None else (None, None)
 
 
 def lane_luts(fpgapart: str, simd: int = 32) -> float:
@@ -81,45 +69,33 @@ def compute_bound(board, lut_budget: float) -> tuple[float, float]:
     return per_lane, math.floor(lut_budget / per_lane) * board.clock_mhz * 1e6
 
 
-def run_design(model: str, variant: str, board_name: str, bench_dir: str, force: bool = False,
-               lut_max: float | None = None, bram_max: float | None = None) -> dict:
-    """One design, in a worker process: build with the folding search to the estimates (cached); its row."""
-    t0 = time.time()
-    from rich.console import Console
+def point_accuracy(checkpoint: Path | None) -> float | None:
+    """The CIFAR-10 test top-1 a checkpoint records (`bnnflow train`'s manifest), None for random weights."""
+    if checkpoint is None or not Path(checkpoint).is_file():
+        return None
+    from bnnflow.models.checkpoint import recorded_top1
 
+    return recorded_top1(checkpoint)
+
+
+def design_row(out: Path, point) -> dict:
+    """A built design's figures: FINN's estimates (summary.json, op counts) and, for a searched folding,
+    the search's report; {"error": None} alone when the build stopped before the estimates."""
     from bnnflow.hw.boards import get_board
 
     from . import flow
-    from .build import ensure_build
     from .build_folding import FOLD_REPORT_FILE
-    from .identity import AUTO_FOLDING, BuildRequest
 
-    board = get_board(board_name)
-    out = Path(bench_dir) / f"{model}-{variant}-{board.name}"
-    ckpt, acc = checkpoint_for(model, variant)
-    row = {"model": model, "title": TITLES[model], "variant": variant, "accuracy": acc,
-           "checkpoint": str(ckpt) if ckpt else None, "out": str(out)}
-    req = BuildRequest(model=model, variant=variant, board=board.name, checkpoint=ckpt, out=out, force=force,
-                       folding=Path(AUTO_FOLDING), lut_max=lut_max, bram_max=bram_max)
-    try:
-        # the benchmark owns its cache: a cached build of this design with other weights is rebuilt
-        out, reused, _ = ensure_build(req, flow.ESTIMATE_STEP, Console(quiet=True), replace_other=True)
-        key = {"version": RESULT_VERSION, "identity": flow.BuildState(out).data.get("identity")}
-        cached = out / RESULT_FILE
-        if reused and cached.exists():
-            old = json.loads(cached.read_text())
-            if old.get("key") == key:
-                return {**old["row"], "cached": True, "seconds": round(time.time() - t0, 1)}
-        row.update(_design_row(out, board, json.loads((out / FOLD_REPORT_FILE).read_text())))
-        write_json(cached, {"key": key, "row": row})
-    except BnnflowError as exc:
-        row.update({"fits": False, "error": str(exc)})
-    row.update({"cached": False, "seconds": round(time.time() - t0, 1)})
-    return row
+    out = Path(out)
+    if not (out / "summary.json").is_file() or flow.ESTIMATE_STEP not in flow.BuildState(out).done:
+        return {"error": None}
+    board = get_board(point.board)
+    search = json.loads((out / FOLD_REPORT_FILE).read_text()) if point.folding == "auto" else None
+    return _design_row(out, board, search, board.budget(point.lut_max, point.bram_max)["LUT"])
 
 
-def _design_row(out: Path, board, search: dict) -> dict:
-    """A built design's figures: FINN's estimates (summary.json, op counts) and the search's report."""
+def _design_row(out: Path, board, search: dict | None, lut_budget: float) -> dict:
+    """FINN's estimates (summary.json, op counts) and the folding search's report where there is one."""
     from . import flow
 
     summary = json.loads((out / "summary.json").read_text())
@@ -127,22 +103,26 @@ def _design_row(out: Path, board, search: dict) -> dict:
     # the summary's totals include the FIFOs and width converters (bnnflow's model of them)
     lut = summary["total"]["LUT"]
     bram = summary["total"]["BRAM_18K"]
-    per_lane, bound = compute_bound(board, search["budget"]["LUT"])
+    per_lane, bound = compute_bound(board, search["budget"]["LUT"] if search else lut_budget)
     bin_macs = float(ops.get("op_mac_1bx1b", 0.0))
-    plan = search.get("fifos")
+    plan = (search or {}).get("fifos")
+    streams = search["fifo_and_dwc"] if search else summary.get("fifo_and_dwc", {})
     return {
-        "fits": bool(search["fits"] and summary["fits"]), "fps": summary["fps"], "latency_ms": summary["latency_ms"],
+        "fits": bool((search is None or search["fits"]) and summary["fits"]),
+        "fps": summary["fps"], "latency_ms": summary["latency_ms"],
         "sim_fps": summary.get("sim_fps"), "sim_latency_ms": summary.get("sim_latency_ms"),
         "max_cycles": summary["max_cycles"], "bottleneck": summary["bottleneck"],
         "LUT": lut, "BRAM_18K": bram, "DSP": summary["total"]["DSP"],
         "LUT_pct": 100 * lut / board.lut, "BRAM_pct": 100 * bram / board.bram18,
-        "fifo_lut": search["fifo_and_dwc"]["LUT"], "fifo_bram": search["fifo_and_dwc"]["BRAM_18K"],
+        "fifo_lut": streams.get("LUT"), "fifo_bram": streams.get("BRAM_18K"),
         "binary_macs": bin_macs, "other_macs": float(sum(v for k, v in ops.items()
                                                          if k.startswith("op_mac") and k != "op_mac_1bx1b")),
         "lut_per_lane": per_lane, "bound_macs_per_s": bound,
         "compute_bound_pct": 100 * bin_macs * summary["fps"] / bound if bound else 0.0,
-        "search_fps": search["fps"], "stream_model_interval": plan["interval_cycles"] if plan else None,
-        "stream_model_latency": plan["latency_cycles"] if plan else None, "folding": search["config"], "error": None,
+        "search_fps": search["fps"] if search else None,
+        "stream_model_interval": plan["interval_cycles"] if plan else None,
+        "stream_model_latency": plan["latency_cycles"] if plan else None,
+        "folding_config": search["config"] if search else None, "error": None,
     }
 
 
@@ -163,43 +143,45 @@ def select_designs(only: list[str] | None) -> list[tuple[str, str]]:
     return [d for d in DESIGNS if d in picked] + [d for d in picked if d not in DESIGNS]
 
 
-def run_benchmark(board_name: str = "pynq-z2", bench_dir: Path = Path("build/benchmark"), jobs: int = 2,
+def benchmark_points(board: str, only: list[str] | None, lut_max: float | None = None,
+                     bram_max: float | None = None):
+    """The benchmark's designs as sweep points: committed weights where they exist, searched folding."""
+    from .sweep_spec import DesignPoint
+
+    return [DesignPoint(model=m, variant=v, board=board, folding="auto", lut_max=lut_max, bram_max=bram_max)
+            for m, v in select_designs(only)]
+
+
+def run_benchmark(board_name: str = "pynq-z2", bench_dir: Path = Path("build/benchmark"), jobs: int | None = None,
                   only: list[str] | None = None, force: bool = False, console=None, on_done=None,
-                  lut_max: float | None = None, bram_max: float | None = None) -> dict:
+                  lut_max: float | None = None, bram_max: float | None = None, spec=None, on_counts=None) -> dict:
+    """Every design of the benchmark through the sweep engine; `spec` (a sweep_cluster.ClusterSpec) says where
+    (default: ClusterSpec(jobs=jobs), i.e. a LocalCluster; jobs=1 runs in this process)."""
     from bnnflow.hw.boards import get_board
+
+    from .sweep import run_sweep
+    from .sweep_cluster import ClusterSpec
 
     board = get_board(board_name)
     board.budget(lut_max, bram_max)  # validates the limits
-    limits = (lut_max, bram_max)
-    designs = select_designs(only)
-    bench_dir = Path(bench_dir).resolve()
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    order = sorted(designs, key=lambda d: -COST.get(d[0], 2) * VARIANT_COST.get(d[1], 1.0))
-    rows: dict[tuple[str, str], dict] = {}
-    if jobs <= 1:
-        for m, v in order:
-            rows[(m, v)] = run_design(m, v, board.name, str(bench_dir), force, *limits)
-            if on_done:
-                on_done(rows[(m, v)])
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = {pool.submit(run_design, m, v, board.name, str(bench_dir), force, *limits): (m, v)
-                       for m, v in order}
-            for fut in as_completed(futures):
-                rows[futures[fut]] = fut.result()
-                if on_done:
-                    on_done(rows[futures[fut]])
-    ordered = [rows[d] for d in designs]
-    wall = time.time() - t0
+    spec = spec or ClusterSpec(jobs=jobs)
+    points = benchmark_points(board.name, only, lut_max, bram_max)
+    # the benchmark's folders keep their plain names (MODEL-VARIANT-BOARD): one design each
+    result = run_sweep(points, Path(bench_dir), spec, hashed=False, force=force, on_row=on_done, on_counts=on_counts,
+                       priority=lambda p: COST.get(p.model, 2) * VARIANT_COST.get(p.variant, 1.0))
     report = {"board": board.name, "part": board.part, "clock_mhz": board.clock_mhz,
               "limits": {"LUT": board.lut_max if lut_max is None else lut_max,
-                         "BRAM": board.bram_max if bram_max is None else bram_max}, "wall_seconds": round(wall, 1),
-              "jobs": jobs, "rows": ordered}
-    write_json(bench_dir / "benchmark.json", report)
-    write_text(bench_dir / "benchmark.md", markdown_table(report) + "\n")
+                         "BRAM": board.bram_max if bram_max is None else bram_max},
+              "wall_seconds": result["wall_seconds"], "jobs": spec.jobs, "cluster": spec.describe(),
+              "rows": result["rows"]}
+    write_report(report, Path(bench_dir), "benchmark")
     return report
+
+
+def write_report(report: dict, folder: Path, name: str) -> None:
+    """NAME.json (every row) and NAME.md (the table) in `folder`."""
+    write_json(folder / f"{name}.json", report)
+    write_text(folder / f"{name}.md", markdown_table(report) + "\n")
 
 
 def accuracy_text(row: dict) -> str:
@@ -217,23 +199,48 @@ def _sim_latency(row: dict) -> str:
     return "–" if row.get("sim_latency_ms") is None else f"{row['sim_latency_ms']:.2f} ms"
 
 
+# what tells a sweep's points of one network apart, as table columns (shown only where rows differ)
+POINT_COLUMNS = {"board": "board", "folding": "folding", "weights": "weights", "stop_after": "stop after"}
+STATUS_TEXT = {"error": "error", "failed": "failed", "lost": "lost (worker died)", "done": "no estimates",
+               "stopped": "stopped"}
+
+
+def has_figures(row: dict) -> bool:
+    """Did the point reach FINN's estimates (a stopped build may have, before a missing vendor tool)?"""
+    return row.get("fps") is not None and (not row.get("error") or row.get("status") == "stopped")
+
+
+def varying_columns(rows: list[dict]) -> list[str]:
+    return [k for k in POINT_COLUMNS if len({str(r.get(k)) for r in rows}) > 1]
+
+
+def point_label(row: dict, varying: list[str]) -> str:
+    """'tiny', or 'tiny, auto, pynq-z2' where the sweep varies more than the variant."""
+    return ", ".join([row["variant"]] + [Path(str(row.get(k))).name for k in varying])
+
+
 def markdown_table(report: dict) -> str:
-    lines = [f"Estimates on the {report['board']} ({report['part']}, {report['clock_mhz']:.0f} MHz), folding "
-             f"searched by bnnflow within {report['limits']['LUT']:.0%} LUT / {report['limits']['BRAM']:.0%} BRAM "
-             "of the device (FIFOs and width converters included).",
-             "",
-             "| model | variant | accuracy | est. FPS | sim. FPS | latency | sim. latency | LUT % | BRAM % | "
+    rows = report["rows"]
+    varying = varying_columns(rows)
+    heading = report.get("heading") or (
+        f"Estimates on the {report['board']} ({report['part']}, {report['clock_mhz']:.0f} MHz), folding "
+        f"searched by bnnflow within {report['limits']['LUT']:.0%} LUT / {report['limits']['BRAM']:.0%} BRAM "
+        "of the device (FIFOs and width converters included).")
+    extra = "".join(f" {POINT_COLUMNS[k]} |" for k in varying)
+    lines = [heading, "",
+             f"| model | variant |{extra} accuracy | est. FPS | sim. FPS | latency | sim. latency | LUT % | BRAM % | "
              "compute-bound % | binary MMAC/img |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in report["rows"]:
-        if r.get("error"):
-            lines.append(f"| {r['title']} | {r['variant']} | {accuracy_text(r)} | does not fit | – | – | – | – | – | – "
-                         "| – |")
+             "|---|---|" + "---|" * len(varying) + "---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        start = f"| {r['title']} | {r['variant']} |" + "".join(f" {_cell(r.get(k))} |" for k in varying)
+        if not has_figures(r):
+            label = STATUS_TEXT.get(r.get("status"), "does not fit")
+            lines.append(f"{start} {accuracy_text(r)} | {label} | – | – | – | – | – | – | – |")
             continue
-        lines.append(f"| {r['title']} | {r['variant']} | {accuracy_text(r)} | {r['fps']:,.0f} | {sim_fps_text(r)} | "
+        lines.append(f"{start} {accuracy_text(r)} | {r['fps']:,.0f} | {sim_fps_text(r)} | "
                      f"{r['latency_ms']:.2f} ms | {_sim_latency(r)} | {r['LUT_pct']:.1f} | {r['BRAM_pct']:.1f} | "
                      f"{r['compute_bound_pct']:.1f} | {r['binary_macs'] / 1e6:.1f} |")
-    ok = [r for r in report["rows"] if not r.get("error")]
+    ok = [r for r in rows if has_figures(r)]
     if ok:
         r0 = ok[0]
         lines += ["", "est. FPS and latency are FINN's (slowest layer; critical path with no overlap between layers); "
@@ -242,7 +249,13 @@ def markdown_table(report: dict) -> str:
                       f"binary MACs/image x FPS / (LUT budget / {r0['lut_per_lane']:.1f} LUT per XNOR-popcount lane "
                       f"x {report['clock_mhz']:.0f} MHz = {r0['bound_macs_per_s'] / 1e9:.0f} GMAC/s); one lane = "
                       "one PE*SIMD of an XNOR MVAU as FINN's MVAU_hls LUT model charges it."]
-    return "\n".join(lines)
+    notes = [f"- {r['title']} {point_label(r, varying)}: {r['error']}" for r in rows
+             if r.get("error") and r.get("status")]
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def _cell(value) -> str:
+    return Path(str(value)).name if value is not None else "–"  # a folding/weights file by its name
 
 
 def plot(report: dict, path: Path) -> Path:
@@ -251,7 +264,8 @@ def plot(report: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in report["rows"] if not r.get("error")]
+    rows = [r for r in report["rows"] if has_figures(r)]
+    varying = varying_columns(rows)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5.2))
     markers = {"cnv": "o", "resnete": "s", "densenet": "^"}
     colors = {"cnv": "tab:blue", "resnete": "tab:orange", "densenet": "tab:green"}
@@ -273,14 +287,14 @@ def plot(report: dict, path: Path) -> Path:
                        edgecolors=colors[model], zorder=3)
             # untrained points share one height: stagger their labels per model
             dy = 6 + 14 * list(markers).index(model) if not t else 6
-            ax.annotate(r["variant"], (x, y), textcoords="offset points", xytext=(0, dy), fontsize=7,
+            ax.annotate(point_label(r, varying), (x, y), textcoords="offset points", xytext=(0, dy), fontsize=7,
                         ha="center", color=colors[model])
         ax.scatter([], [], marker=markers[model], color=colors[model], label=TITLES[model])
         ax2.scatter(xs, [r["compute_bound_pct"] for r in mine], marker=markers[model], color=colors[model],
                     s=[20 + 2 * r["binary_macs"] / 1e6 for r in mine], alpha=0.8)
         ax2.scatter([], [], marker=markers[model], color=colors[model], label=TITLES[model])
         for r in mine:
-            ax2.annotate(f"{r['variant']}: LUT {r['LUT_pct']:.0f}%, BRAM {r['BRAM_pct']:.0f}%",
+            ax2.annotate(f"{point_label(r, varying)}: LUT {r['LUT_pct']:.0f}%, BRAM {r['BRAM_pct']:.0f}%",
                          (r["fps"], r["compute_bound_pct"]), textcoords="offset points", xytext=(7, 3), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel(f"estimated FPS on {report['board']} at {report['clock_mhz']:.0f} MHz")

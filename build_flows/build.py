@@ -20,7 +20,7 @@ from rich.console import Console
 from bnnflow.atomic import write_json
 from bnnflow.errors import BnnflowError, Interrupted, MissingToolError
 from bnnflow.hw.boards import Board, get_board
-from bnnflow.model_ref import is_user_model, parse_model_ref
+from bnnflow.model_ref import is_onnx_model, is_user_model, parse_model_ref
 from bnnflow.models.checkpoint import save_checkpoint
 from bnnflow.models.export import export_model
 from bnnflow.models.zoo import get_variant, weight_summary
@@ -32,6 +32,7 @@ from .estimates import print_summary, summarize
 from .identity import (AUTO_FOLDING, BuildIdentity, BuildRequest, committed_folding, default_build_dir,
                        request_identity, request_source, saved_identity)
 from .network import user_code, load_request_checkpoint, prepare_network
+from .onnx_input import check_onnx_request, import_onnx
 
 BREVITAS_FILE = flow.BREVITAS_FILE
 
@@ -88,6 +89,8 @@ def check_model(req: BuildRequest) -> None:
         request_source(req)  # --input-scale is for a user's network only
         return
     request_source(req)  # parses the reference, --model-args and --input-scale; hashes the file
+    if is_onnx_model(req.model):
+        check_onnx_request(req)
     if req.variant != "default":
         raise BnnflowError(f"--variant is for bnnflow's own models: {req.model} is built as its factory makes it "
                            "(pass --model-args for other sizes).")
@@ -236,6 +239,13 @@ def _record_folding(state: flow.BuildState, req: BuildRequest, board: Board, fol
 
 
 def _export(req: BuildRequest, console: Console, board: Board, out: Path, state: flow.BuildState, loaded) -> None:
+    if is_onnx_model(req.model):  # the user's QONNX file is the export
+        origin = import_onnx(Path(req.model), out, flow.QONNX_FILE, req.input_scale or "raw")
+        console.print("[yellow]Tie guard: not applied, a QONNX file has no Brevitas modules to adjust; rare "
+                      "single-image logit differences at exact rounding ties would show in 'bnnflow verify'.[/]")
+        state.data = {"model": req.model, "variant": req.variant, "board": board.name, "done": [],
+                      "source": request_source(req), **origin}
+        return
     net, origin = prepare_network(req, console, loaded)
     with console.status("Exporting QONNX..."), user_code(req, "Exporting"):
         export_model(net, out / flow.QONNX_FILE)

@@ -45,6 +45,8 @@ import numpy as np
 
 from bnnflow import compat
 
+from . import hls_fetch, sim_ccache
+
 REPO = Path(__file__).resolve().parents[1]
 SHIMS = REPO / "hw" / "hls_shims"
 HLSLIB_COMPAT = REPO / "hw" / "hlslib_compat"
@@ -92,29 +94,39 @@ def _finn_hlslib() -> Path | None:
 
 
 def find_sources() -> Sources | str:
-    """The sources cppsim needs, or one sentence saying what is missing."""
+    """The sources cppsim needs, or one sentence saying what is missing. Order: a Vitis HLS install
+    (XILINX_HLS); BNNFLOW_HLS_DEPS or ../shared/vendor (finn-hlslib also from FINN's FINN_DEPS); GitHub at
+    the pinned commits (hls_fetch), only for what the first two lack."""
     vendor = _vendor_root()
     hlslib = vendor / "finn-hlslib" if (vendor / "finn-hlslib" / "bnn-library.h").is_file() else _finn_hlslib()
     extra = [p for p in [vendor / "finn-hlslib-extra" / "dup.hpp"] if p.is_file()]
     vitis = os.environ.get("XILINX_HLS")
-    if vitis and (Path(vitis) / "include" / "hls_stream.h").is_file() and \
-            (Path(vitis) / "include" / "ap_int.h").is_file():
-        if hlslib is None:
-            return (f"HLS C++ simulation (cppsim) was not run: Vitis HLS is at {vitis} but finn-hlslib was not found "
-                    f"(set {ENV_DEPS} to a folder with finn-hlslib, or run FINN's 'finn deps update').")
-        return Sources(hlslib=hlslib, vitis=Path(vitis), extra=extra,
-                       origin=f"Vitis HLS headers from {vitis}, finn-hlslib from {hlslib}")
+    if not (vitis and (Path(vitis) / "include" / "hls_stream.h").is_file() and
+            (Path(vitis) / "include" / "ap_int.h").is_file()):
+        vitis = None
     ap = vendor / "HLS_arbitrary_Precision_Types" / "include"
-    if not (ap / "ap_int.h").is_file():
-        return (f"HLS C++ simulation (cppsim) was not run: the open-source ap_int headers were not found "
-                f"(set {ENV_DEPS} to a folder with HLS_arbitrary_Precision_Types and finn-hlslib, "
-                f"or XILINX_HLS to a Vitis HLS install).")
+    fetched, unreachable = [], []
+    if vitis is None and not (ap / "ap_int.h").is_file():
+        got = hls_fetch.fetch(hls_fetch.AP_TYPES)
+        ap = got / "include" if isinstance(got, Path) else ap
+        (fetched if isinstance(got, Path) else unreachable).append(got)
     if hlslib is None:
-        return (f"HLS C++ simulation (cppsim) was not run: finn-hlslib was not found in {vendor} "
-                f"(set {ENV_DEPS} to a folder with finn-hlslib and HLS_arbitrary_Precision_Types).")
+        got = hls_fetch.fetch(hls_fetch.FINN_HLSLIB)
+        hlslib, extra = (got, []) if isinstance(got, Path) else (None, extra)
+        (fetched if isinstance(got, Path) else unreachable).append(got)
+    if unreachable:
+        where = f"Vitis HLS at {vitis}" if vitis else f"{vendor}"
+        return (f"HLS C++ simulation (cppsim) was not run: {' and '.join(unreachable)}, and {where} lacks "
+                f"{'them' if len(unreachable) > 1 else 'it'} "
+                f"(set {ENV_DEPS} to a folder with finn-hlslib and HLS_arbitrary_Precision_Types, "
+                f"or XILINX_HLS to a Vitis HLS install).")
+    got = f"; fetched at the pinned commit: {', '.join(p.name for p in fetched)}" if fetched else ""
+    if vitis:
+        return Sources(hlslib=hlslib, vitis=Path(vitis), extra=extra,
+                       origin=f"Vitis HLS headers from {vitis}, finn-hlslib from {hlslib}{got}")
     more = f" (+{', '.join(p.name for p in extra)} from a newer finn-hlslib commit)" if extra else ""
     return Sources(hlslib=hlslib, ap_include=ap, extra=extra,
-                   origin=f"open-source ap_int ({ap.parent.name}) and finn-hlslib{more} from {hlslib.parent}")
+                   origin=f"open-source ap_int ({ap.parent.name}) and finn-hlslib{more} from {hlslib.parent}{got}")
 
 
 def _compiler_problem() -> str | None:
@@ -276,7 +288,7 @@ def cache_key(child, out: Path, sources: Sources, fast: bool) -> str:
     h = hashlib.sha256()
     h.update(child.model.SerializeToString())
     h.update(str(Path(out).resolve()).encode())
-    h.update(json.dumps({"fast": fast, "sources": sources.describe()}).encode())
+    h.update(json.dumps({"fast": fast, "sources": sources.describe(), "compile": sim_ccache.RUNNER}).encode())
     trees = [SHIMS, HLSLIB_COMPAT, sources.hlslib] + ([sources.ap_include] if sources.ap_include else [])
     for root in trees:
         _tree_digest(h, root)
@@ -310,6 +322,7 @@ class Prepared:
     seconds: float
     sources: Sources
     shim_warnings: list[str] = field(default_factory=list)  # set by run_images
+    ccache: dict = field(default_factory=dict)  # hits/misses of this compile (sim_ccache.log_stats)
 
 
 def prepare(out: Path, child, sources: Sources, fast: bool = True, workers: int | None = None) -> Prepared:
@@ -342,13 +355,14 @@ def prepare(out: Path, child, sources: Sources, fast: bool = True, workers: int 
     m = ModelWrapper(copy.deepcopy(child.model))  # the caller's graph stays as it is
     with finn_cppsim_environment(xhls, deps, cache / "code"), quiet_finn_logger():
         m = m.transform(PrepareCppSim(num_workers=workers))
-        with compat.cppsim_fast_flags(fast):
+        # compat's flag filter inside ours: it wraps our split, ccache'd compile (sim_ccache)
+        with sim_ccache.cppsim_builder(cache / "env", cache), compat.cppsim_fast_flags(fast):
             m = m.transform(CompileCppSim(num_workers=workers))
     m = m.transform(SetExecMode("cppsim"))
     m.save(str(cache / CACHE_MODEL))
     (cache / CACHE_KEY).write_text(json.dumps({"key": key, "fast_flags": fast,
                                                "sources": sources.describe()}, indent=1) + "\n")
-    return Prepared(m, False, time.time() - t0, sources)
+    return Prepared(m, False, time.time() - t0, sources, ccache=sim_ccache.log_stats(cache / sim_ccache.STATS_LOG))
 
 
 def run_images(prepared: Prepared, x: np.ndarray) -> tuple[dict[str, np.ndarray], float, set[str]]:

@@ -142,9 +142,34 @@ def _pool_window(node) -> int | None:
     return None
 
 
+def _input_affine(model) -> str | None:
+    """A per-channel Mul (an input normalisation, --input-mean/--input-std) that reaches a conv or linear layer
+    from the graph input before any quantizer: it cannot become part of a threshold."""
+    node = next((n for n in model.graph.node if n.input and n.input[0] == model.graph.input[0].name), None)
+    per_channel = None
+    while node is not None and node.op_type in ("Mul", "Div", "Add", "Sub", "Transpose", "Reshape"):
+        v = model.get_initializer(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type in ("Mul", "Div", "Add", "Sub") and v is not None and v.size > 1:
+            per_channel = per_channel or node
+        nxt = model.find_consumers(node.output[0])
+        node = nxt[0] if len(nxt) == 1 else None
+    if per_channel is None or node is None or node.op_type not in ("Conv", "MatMul", "Gemm"):
+        return None
+    return (f"The network does not map to hardware: the per-channel input normalisation {per_channel.name} "
+            f"({per_channel.op_type}, from --input-mean/--input-std or the network itself) reaches {node.name} "
+            f"({node.op_type}) before any quantizer, and FINN moves only scalar scales and offsets past a conv or "
+            "linear layer (a per-channel one would turn each input channel's weights into floats), so it cannot "
+            "become a threshold; fix: put an input quantizer first in the network (QuantIdentity with an 8-bit "
+            "act_quant, whose thresholds absorb mean and std), or train without per-channel normalisation.")
+
+
 def lint(model) -> str | None:
     """Rules checked before streamlining, on what would make it fail or never finish (a 3x3 average
-    pool leaves StreamlinePlus moving its 1/9 around for good)."""
+    pool leaves StreamlinePlus moving its 1/9 around for good; a per-channel input scale before the
+    first layer's weights)."""
+    message = _input_affine(model)
+    if message:
+        return message
     for node in model.graph.node:
         k = _pool_window(node)
         if k is not None and k > 1 and k & (k - 1):

@@ -227,8 +227,12 @@ def _window_inputs(inst) -> tuple[np.ndarray, np.ndarray, int]:
     return idx, idx, h * w * cf
 
 
-def _swg_model(inst, in_tokens: int, out_tokens: int) -> dict | None:
-    """Input element needed by each output element, oldest element still needed, line buffer depth."""
+def _swg_model(inst, in_tokens: int, out_tokens: int, overlap: bool = True) -> dict | None:
+    """Input element needed by each output element, oldest element still needed, line buffer depth.
+
+    overlap=False: the next frame is read only once this frame's last output has left, as Verilator
+    shows for ConvolutionInputGenerator_rtl (cycles per image = first image's cycles + 1; README,
+    `verify --sim`): the reads are capped at the frame's end by lowering `oldest` to in - buffer."""
     last, first, expected_in = _window_inputs(inst)
     if last.size != out_tokens or in_tokens != expected_in:
         return None
@@ -236,6 +240,8 @@ def _swg_model(inst, in_tokens: int, out_tokens: int) -> dict | None:
     oldest = np.append(np.minimum.accumulate(first[::-1])[::-1], in_tokens)
     span = int(np.max(need - oldest[:-1])) + 1
     buffer = max(int(inst.get_buffer_depth()), span)
+    if not overlap:  # rc - oldest < buffer then also means rc < in_tokens until the frame's last output
+        oldest[:-1] = np.minimum(oldest[:-1], in_tokens - buffer)
     return {"need": need.astype(np.int64), "oldest": oldest.astype(np.int64), "buffer": buffer,
             "in": in_tokens, "out": out_tokens}
 
@@ -340,7 +346,7 @@ def _give_program(proc: Proc, inst, in_tok: list[int], out_tok: list[int], cycle
     """A window generator's model, else the node's loop program, else reads and writes spread evenly."""
     op = base_op(proc.op_type)
     if op == WINDOW_OP and len(in_tok) == 1 and len(out_tok) == 1:
-        proc.swg = _swg_model(inst, in_tok[0], out_tok[0])
+        proc.swg = _swg_model(inst, in_tok[0], out_tok[0], overlap=not proc.op_type.endswith("_rtl"))
     if proc.swg is not None:
         return
     prog = _program(inst, op, in_tok, out_tok) or _generic(in_tok, out_tok, cycles)

@@ -188,6 +188,12 @@ def modelled_cycles(g: StreamGraph, node: str) -> int:
     """Cycles until one node, alone with an input that never runs dry and an output that never
     blocks, emits the last element of its first frame in the stream model. The hook for checking
     the model against cycle counts from RTL simulation of that layer alone (e.g. Verilator)."""
+    return node_alone(g, node, 1).latency
+
+
+def node_alone(g: StreamGraph, node: str, frames: int) -> SimResult:
+    """The stream model's run of one node alone (inputs never dry, outputs never blocked), `frames` frames:
+    what a Verilator bench of that node measures (fifo_crosscheck)."""
     p = g.proc(node)
     edges: list[Edge] = []
     for e in p.ins:
@@ -198,4 +204,4 @@ def modelled_cycles(g: StreamGraph, node: str) -> int:
     alone = copy.copy(p)
     alone.ins, alone.outs = list(range(len(p.ins))), list(range(len(p.ins), len(edges)))
     sub = StreamGraph([alone], edges, alone.outs[0], {p.name: g.exp_cycles.get(p.name, 0)})
-    return simulate(sub, {}, 1).latency
+    return simulate(sub, {}, frames)

@@ -142,6 +142,11 @@ def _shapes_ok(inst, model: ModelWrapper) -> bool:
     return True
 
 
+def hls_mvau_min_simd(mw: int) -> int:
+    """The smallest SIMD FINN's MVAU_hls code generation accepts: it asserts SIMD >= MW / 1024."""
+    return -(-mw // 1024)
+
+
 def _fold_limit(inst) -> int:
     dims = [int(d) for shape in (inst.get_normal_input_shape(), inst.get_normal_output_shape()) for d in shape]
     return max(dims + [1])
@@ -242,6 +247,12 @@ def _check_shapes(model: ModelWrapper, node, entry: dict, source: str) -> None:
             raise BnnflowError(f"{source}: layer '{name}' has parallel_window=1, which needs SIMD equal to its "
                                f"{inst.get_nodeattr('IFMChannels')} input channels, not "
                                f"SIMD={inst.get_nodeattr('SIMD')}.")
+        if node.op_type == "MVAU_hls" and inst.get_nodeattr("SIMD") < hls_mvau_min_simd(inst.get_nodeattr("MW")):
+            mw = inst.get_nodeattr("MW")
+            legal = [v for v in _legal(inst, model, "SIMD", ["SIMD"]) if v >= hls_mvau_min_simd(mw)]
+            raise BnnflowError(f"{source}: SIMD={inst.get_nodeattr('SIMD')} on layer '{_q(name)}' (MVAU_hls, "
+                               f"MW={mw}) is below FINN's HLS limit SIMD >= MW / 1024; allowed SIMD values are "
+                               f"{_values(legal) or 'none'}.")
         return
     attrs = [a for a in FOLD_ATTRS if a in inst.get_nodeattr_types()]
     for attr in sorted(attrs, key=lambda a: a not in entry):

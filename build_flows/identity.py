@@ -14,8 +14,8 @@ from pathlib import Path
 
 from bnnflow.digest import file_sha256
 from bnnflow.hw.boards import Board
-from bnnflow.model_ref import (check_input_scale, is_user_model, parse_model_args, parse_model_ref, short_source,
-                               user_source)
+from bnnflow.model_ref import (check_input_scale, is_onnx_model, is_user_model, parse_model_args, parse_model_ref,
+                               short_source, user_source)
 
 AUTO_FOLDING = "auto"  # --folding auto: bnnflow's folding search after specialize_layers
 FOLDING_DIR = Path(__file__).resolve().parent.parent / "hw" / "folding"
@@ -118,7 +118,7 @@ class BuildIdentity:
     def describe_difference(self, wanted: BuildIdentity, fields: list[str]) -> str:
         """'board pynq-z2, not zcu104; weights random:seed=0, not sha256:1234abcd…'"""
         def short(v: str) -> str:
-            if v.startswith(("zoo:", "file:", "module:")):  # networks go by their names
+            if v.startswith(("zoo:", "file:", "module:", "onnx:")):  # networks go by their names
                 return short_source(v)
             return v[:19] + "…" if v.startswith("sha256:") else v
         return "; ".join(f"{self.TITLES[f]} {short(getattr(self, f))}, not {short(getattr(wanted, f))}"
@@ -150,8 +150,11 @@ def budget_id(board: Board, lut_max: float | None, bram_max: float | None) -> st
 def request_identity(req: BuildRequest, board: Board, folding: Path | None) -> BuildIdentity:
     """The identity a build of `req` has; `folding` is the resolved config file (or "auto", or None)."""
     target = None if folding is not None else (req.target_fps or board.default_target_fps)
+    weights = weights_id(req.checkpoint, req.seed)
+    if is_onnx_model(req.model):  # a QONNX file holds its weights
+        weights = weights_id(Path(req.model), 0)
     return BuildIdentity(source=request_source(req), variant=req.variant, board=board.name,
-                         weights=weights_id(req.checkpoint, req.seed), folding=folding_id(folding, target),
+                         weights=weights, folding=folding_id(folding, target),
                          budget=budget_id(board, req.lut_max, req.bram_max))
 
 

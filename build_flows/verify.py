@@ -20,10 +20,11 @@ from rich.console import Console
 from rich.table import Table
 
 from bnnflow.errors import BnnflowError
-from bnnflow.images import IMAGE_SHAPE, nchw_float, nhwc
+from bnnflow.images import nchw_float, nhwc
 
 from . import flow
 from .steps import LOGIT_AFFINE_KEY
+from .verify_sim import CPPSIM_STAGE, logits_tensor, print_cppsim, run_cppsim_stage  # noqa: F401 - re-exported
 
 STREAMLINED_STEP, HW_STEP, FOLDED_STEP = flow.STREAMLINED_STEP, flow.HW_STEP, flow.FOLDED_STEP
 # Float logits map to integers within float error: the logit scale itself is a float32 product.
@@ -96,18 +97,10 @@ def run_qonnx(path: Path, x_nchw: np.ndarray, batch: int = 100) -> np.ndarray:
     return np.concatenate(outs).reshape(len(x_nchw), -1)
 
 
-def _topk_input(model) -> str:
-    for op in ("TopK", "LabelSelect", "LabelSelect_hls"):
-        nodes = model.get_nodes_by_op_type(op)
-        if nodes:
-            return nodes[0].input[0]
-    raise BnnflowError("The graph has no TopK/LabelSelect node, so it cannot be verified against Brevitas.")
-
-
 def run_finn_graph(model, x: np.ndarray) -> np.ndarray:
     from .functional import execute_graph
 
-    name = _topk_input(model)
+    name = logits_tensor(model)
     out = execute_graph(model, x, tensors=[name])
     return out[name].reshape(len(x), -1)
 
@@ -122,7 +115,7 @@ def folded_model_and_input(out_dir: Path, x_nchw: np.ndarray):
         raise BnnflowError(f"Nodes {outside} stayed outside the hardware partition: the design is not all-hardware.")
     child = ModelWrapper(str(flow.intermediate_path(out_dir, FOLDED_STEP)))
     shape = child.get_tensor_shape(child.graph.input[0].name)
-    x = nhwc(x_nchw) if tuple(shape[1:]) == IMAGE_SHAPE else x_nchw
+    x = nhwc(x_nchw) if tuple(shape[1:]) == x_nchw.shape[2:] + x_nchw.shape[1:2] else x_nchw  # NHWC input
     return child, x
 
 
@@ -184,6 +177,9 @@ def verify_build(out_dir: Path, net, x_uint8: np.ndarray, labels: np.ndarray | N
     with sim > 0 also the first `sim` images through FINN's cppsim of every HLS layer (run_cppsim_stage)."""
     from qonnx.core.modelwrapper import ModelWrapper
 
+    from .onnx_input import reference_graph, reference_name, reference_stages
+    from .verify_locate import locate, stage_graphs
+
     console = console or Console()
     x = nchw_float(x_uint8)
     n = len(x)
@@ -210,8 +206,8 @@ def verify_build(out_dir: Path, net, x_uint8: np.ndarray, labels: np.ndarray | N
         stages.append(st)
         console.print(f"  {name:<28} {n / max(dt, 1e-9):8.1f} images/s")
 
-    timed("Brevitas (PyTorch, float64)", lambda: run_brevitas(net, x), True)
-    timed("Brevitas (PyTorch, float32)", lambda: run_brevitas(net, x, double=False), True)
+    for name, fn in reference_stages(out_dir, net, x):  # Brevitas, or the user's QONNX file
+        timed(name, fn, True)
     timed("QONNX (qonnx exec)", lambda: run_qonnx(out_dir / flow.QONNX_FILE, x), True)
     timed("streamlined FINN graph", lambda: run_finn_graph(streamlined, x), False)
     hw = ModelWrapper(str(flow.intermediate_path(out_dir, HW_STEP)))
@@ -222,17 +218,25 @@ def verify_build(out_dir: Path, net, x_uint8: np.ndarray, labels: np.ndarray | N
     compare(stages, ref)
     sim_info = None
     if sim > 0:
-        sim_stage, sim_info = run_cppsim_stage(out_dir, child, xf[:sim], console)
-        if sim_stage is not None:
+        sim_out, sim_info = run_cppsim_stage(out_dir, child, xf[:sim], console)
+        if sim_out is not None:
+            sim_stage = StageResult(CPPSIM_STAGE, seconds=sim_out["seconds"], note=sim_out["note"])
+            sim_stage.logits = sim_out["logits"]
+            sim_stage.top1 = np.argmax(sim_stage.logits, axis=1)
             sim_stage.identical, sim_stage.same_top1 = agreement(sim_stage.logits, ref.logits[:sim])
             stages.append(sim_stage)
     informative = {"Brevitas (PyTorch, float32)"}  # what users run; float32 ties are not FINN's doing
+    graphs = stage_graphs(out_dir, {"streamlined FINN graph": (streamlined, x), "HW-layer graph": (hw, x),
+                                    "specialised + folded graph": (child, xf)},
+                          {"QONNX (qonnx exec)": (out_dir / flow.QONNX_FILE, x), **reference_graph(out_dir, stages, x)},
+                          {"Brevitas (PyTorch, float64)": (net, x)})
 
     def images(s: StageResult) -> int:
         return len(s.logits)
 
     result = {
         "images": n,
+        "reference": reference_name(out_dir),
         "logit_affine": [a, b],
         "stages": [{"stage": s.name, "images": images(s), "identical_integer_logits": s.identical,
                     "same_top1": s.same_top1, "images_per_second": images(s) / max(s.seconds, 1e-9),
@@ -243,6 +247,8 @@ def verify_build(out_dir: Path, net, x_uint8: np.ndarray, labels: np.ndarray | N
     }
     if sim_info is not None:
         result["cppsim"] = sim_info
+    if not result["all_identical"]:  # which stage, which tensor, by how much
+        result["first_difference"] = locate(stages, ref, graphs, informative, result["reference"])
     if labels is not None:
         result["brevitas_top1_accuracy"] = float(np.mean(ref.top1 == labels[:n]))
         result["hardware_top1_accuracy"] = float(np.mean(folded.top1 == labels[:n]))
@@ -251,7 +257,9 @@ def verify_build(out_dir: Path, net, x_uint8: np.ndarray, labels: np.ndarray | N
 
 def print_verify(result: dict, console: Console) -> None:
     n = result["images"]
-    table = Table(title=f"Bit-exactness on {n} CIFAR-10 test images (reference: Brevitas)")
+    ref = result.get("reference", "Brevitas")
+    table = Table(title=f"Bit-exactness on {n} {result.get('image_source', 'CIFAR-10 test images')} "
+                        f"(reference: {ref})")
     for col in ("stage", "identical integer logits", "same top-1", "images/s", "note"):
         table.add_column(col, justify="left" if col in ("stage", "note") else "right")
     for s in result["stages"]:
@@ -264,155 +272,13 @@ def print_verify(result: dict, console: Console) -> None:
     if "cppsim" in result:
         print_cppsim(result["cppsim"], console)
     if "brevitas_top1_accuracy" in result:
-        console.print(f"Top-1 accuracy on these images: Brevitas {result['brevitas_top1_accuracy']:.1%}, "
+        console.print(f"Top-1 accuracy on these images: {ref} {result['brevitas_top1_accuracy']:.1%}, "
                       f"hardware graph {result['hardware_top1_accuracy']:.1%}.")
     console.print(result["cppsim_rtlsim"])
     if result["all_identical"]:
-        console.print(f"[green]Every stage is identical to Brevitas on all {n} images.[/]")
+        console.print(f"[green]Every stage is identical to {ref} on all {n} images.[/]")
     else:
-        console.print("[red]Some stage differs from Brevitas: see the table.[/]")
+        from .verify_locate import describe
 
-
-# ------------------------------------------------------------------ HLS C++ simulation (--sim N)
-
-CPPSIM_STAGE = "HLS C++ (cppsim)"
-
-
-def run_cppsim_stage(out_dir: Path, child, x: np.ndarray, console: Console) -> tuple[StageResult | None, dict]:
-    """FINN's cppsim of the folded graph on x (graph-input layout): its logits as a stage, and what ran as
-    what, every tensor compared with the functional model; every RTL node also in Verilator, one node at a
-    time on the same images (verilator_sim; one sentence without Verilator). (None, {"skipped": sentence})
-    when the cppsim sources or the compiler are missing."""
-    from . import cppsim
-    from .functional import execute_graph
-
-    why = cppsim.unavailable()
-    if why is not None:
-        return None, {"skipped": why}
-    sources = cppsim.find_sources()
-    n = len(x)
-    with console.status("Compiling every HLS layer for cppsim (FINN's PrepareCppSim + CompileCppSim)..."):
-        try:
-            prepared = cppsim.prepare(out_dir, child, sources)
-        except Exception as e:  # a compile error is this stage's failure, reported as one line
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BnnflowError(f"The HLS C++ simulation could not be compiled ({first.rstrip('.')}); "
-                               f"the generated code is in {Path(out_dir) / cppsim.CACHE_DIR}.") from None
-    with console.status(f"Running {n} images through FINN's cppsim..."):
-        try:
-            tensors, seconds, ran = cppsim.run_images(prepared, x)
-        except Exception as e:  # a crashing binary is this stage's failure, reported as one line
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BnnflowError(f"The HLS C++ simulation failed while running ({first.rstrip('.')}); "
-                               f"the binaries are in {Path(out_dir) / cppsim.CACHE_DIR}.") from None
-    model = prepared.model
-    name = _topk_input(model)
-    st = StageResult(CPPSIM_STAGE, seconds=seconds)
-    raw = tensors[name].reshape(n, -1)
-    st.logits = np.rint(raw).astype(np.int64)
-    if np.any(st.logits != raw):
-        st.note = "non-integer values in the hardware graph"
-    st.top1 = np.argmax(st.logits, axis=1)
-    console.print(f"  {CPPSIM_STAGE:<28} {n / max(seconds, 1e-9):8.2f} images/s "
-                  f"({'reused' if prepared.reused else 'compiled'} binaries: {prepared.seconds:.0f} s)")
-    ref = execute_graph(model, x, tensors=list(tensors))
-    differ = [t for t in tensors if not np.array_equal(tensors[t].reshape(ref[t].shape), ref[t])]
-    rtl = _run_verilator(out_dir, child, {**ref, model.graph.input[0].name: x}, n, console)
-    kinds = cppsim.node_kinds(model, sources)
-    kinds.update({k: row["ran_as"] for k, row in rtl.get("nodes", {}).items()})
-    hls = [nd.name for nd in cppsim._hls_nodes(model)]
-    not_run = [k for k in hls if k not in ran]
-    in_verilator = [k for k, row in rtl.get("nodes", {}).items() if "identical" in row]
-    st.note = (st.note + "; " if st.note else "") + (
-        f"{len(hls)} HLS nodes in C++, {len(in_verilator)} RTL nodes also in Verilator, "
-        f"{len(kinds) - len(hls) - len(in_verilator)} in Python only; "
-        f"{len(tensors) - len(differ)}/{len(tensors)} tensors = functional model")
-    info = {
-        "images": n,
-        "sources": sources.describe(),
-        "stand_ins": cppsim.stand_ins(sources),
-        "compile_seconds": prepared.seconds,
-        "binaries_reused": prepared.reused,
-        "seconds_per_image": seconds / max(n, 1),
-        "nodes": kinds,
-        "node_types": node_types(model, kinds, rtl),
-        "hls_nodes_not_run": not_run,
-        "tensors_compared": len(tensors),
-        "tensors_differing": differ,
-        "shim_warnings": prepared.shim_warnings,
-        "verilator": rtl,
-        "all_tensors_identical": not differ and not not_run and rtl.get("all_identical", True),
-    }
-    return st, info
-
-
-def _run_verilator(out_dir: Path, child, ref: dict, n: int, console: Console) -> dict:
-    """Every RTL node in Verilator on the same n images (verilator_sim.simulate), or {"skipped": sentence}."""
-    from . import verilator_sim
-
-    with console.status("Compiling (or reusing) and running every RTL layer in Verilator..."):
-        rtl = verilator_sim.simulate(out_dir, child, ref, n)
-    if "skipped" not in rtl:
-        console.print(f"  {'RTL layers (Verilator)':<28} {rtl['nodes_run']} nodes, {rtl['run_seconds']:.1f} s "
-                      f"({rtl['binaries_reused']} reused binaries, {rtl['compile_seconds']:.0f} s to compile)")
-    return rtl
-
-
-def node_types(model, kinds: dict[str, str], rtl: dict) -> dict[str, dict]:
-    """op type -> {nodes, ran_as (one kind, or 'kind xN; ...' when its nodes differ), identical (RTL nodes in
-    Verilator), cycles per image (the slowest node of the type, Verilator)}."""
-    rows: dict[str, dict] = {}
-    for node in model.graph.node:
-        row = rows.setdefault(node.op_type, {"nodes": 0, "kinds": {}})
-        row["nodes"] += 1
-        row["kinds"][kinds[node.name]] = row["kinds"].get(kinds[node.name], 0) + 1
-        sim = rtl.get("nodes", {}).get(node.name, {})
-        if "identical" in sim:
-            row["verilator_identical"] = row.get("verilator_identical", 0) + int(sim["identical"])
-            row["cycles_per_image"] = max(row.get("cycles_per_image", 0), sim["cycles_per_image"])
-    for row in rows.values():
-        ks = row.pop("kinds")
-        row["ran_as"] = next(iter(ks)) if len(ks) == 1 else "; ".join(f"{k} x{c}" for k, c in ks.items())
-    return rows
-
-
-def print_cppsim(info: dict, console: Console) -> None:
-    if "skipped" in info:
-        console.print(info["skipped"])
-        return
-    table = Table(title=f"--sim {info['images']}: what ran as what (every tensor compared with the functional model)")
-    rtl = any("verilator_identical" in r for r in info["node_types"].values())
-    cols = ("node type", "nodes", "ran as") + (("Verilator = functional", "cycles/image (Verilator)") if rtl else ())
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("node type", "ran as") else "right")
-    for op, r in info["node_types"].items():
-        same = f"{r['verilator_identical']}/{r['nodes']}" if "verilator_identical" in r else ""
-        cycles = f"{r['cycles_per_image']:,.0f}" if "cycles_per_image" in r else ""
-        table.add_row(op, str(r["nodes"]), r["ran_as"], *((same, cycles) if rtl else ()))
-    console.print(table)
-    console.print(f"cppsim sources: {info['sources']}; the project's stand-ins: {', '.join(info['stand_ins'])}.")
-    _print_verilator(info.get("verilator", {}), console)
-    if info.get("shim_warnings"):
-        console.print(f"[red]cppsim: the hls::stream shim reported {len(info['shim_warnings'])} problem(s), "
-                      f"e.g. {info['shim_warnings'][0]}[/]")
-    if info["all_tensors_identical"]:
-        console.print(f"[green]cppsim: all {info['tensors_compared']} tensors identical to the functional model "
-                      f"on {info['images']} images.[/]")
-    else:
-        console.print(f"[red]cppsim: tensors differing from the functional model: {info['tensors_differing']}; "
-                      f"HLS nodes whose binary did not run: {info['hls_nodes_not_run']}.[/]")
-
-
-def _print_verilator(rtl: dict, console: Console) -> None:
-    if "skipped" in rtl:
-        console.print(rtl["skipped"])
-        return
-    if not rtl:
-        return
-    console.print(f"Verilator ({rtl['verilator']}) ran each RTL node on its own, on the functional model's "
-                  f"activations (inside the cppsim graph RTL nodes run as FINN's Python models).")
-    if rtl["failed"] or rtl["tensors_differing"]:
-        console.print(f"[red]Verilator: differing tensors {rtl['tensors_differing']}; failed {rtl['failed']}.[/]")
-    else:
-        console.print(f"[green]Verilator: all {rtl['tensors_compared']} RTL output tensors identical to the "
-                      f"functional model.[/]")
+        found = result.get("first_difference")
+        console.print(f"[red]{describe(found) if found else f'Some stage differs from {ref}: see the table.'}[/]")

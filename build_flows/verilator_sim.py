@@ -30,6 +30,7 @@ import numpy as np
 
 from bnnflow import compat
 
+from . import rtl_packing, sim_ccache
 from .rtllib_patches import PatchError, patched_sources
 
 REPO = Path(__file__).resolve().parents[1]
@@ -191,7 +192,8 @@ def prepare_node(model, node, root: Path, fpgapart: str, clk: float, version: st
         nb.error = f"no HDL ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})"[:200]
         return nb
     data_files = sorted(p for p in nb.src.iterdir() if p.is_file() and p not in files)
-    key = _digest(files + data_files + [HARNESS], json.dumps([top, ports, version, VERILATOR_FLAGS, MAKE_ARGS]))
+    key = _digest(files + data_files + [HARNESS],  # "relative": the paths Verilator is given (sim_ccache)
+                  json.dumps([top, ports, version, VERILATOR_FLAGS, MAKE_ARGS, "relative"]))
     binary = folder / "obj" / "Vdut"
     stamp = folder / "key"
     if binary.is_file() and stamp.is_file() and stamp.read_text() == key:
@@ -209,14 +211,20 @@ def compile_job(job: _Job, exe: Path) -> NodeBuild:
     obj.mkdir(parents=True)
     (obj / "ports.h").write_text(job.ports)
     (job.folder / "key").unlink(missing_ok=True)
-    cmd = [str(exe), *VERILATOR_FLAGS, "--top-module", job.top, "--Mdir", str(obj), "-CFLAGS", f"-I{obj}",
-           str(HARNESS), *map(str, job.files)]
+    # relative paths from the node's folder: Verilator writes them into its C++, and ccache hits only when
+    # that C++ is the same in every build folder (sim_ccache)
+    shutil.copyfile(HARNESS, job.folder / HARNESS.name)
+    cmd = [str(exe), *VERILATOR_FLAGS, "--top-module", job.top, "--Mdir", "obj", "-CFLAGS", "-I.",
+           HARNESS.name, *sim_ccache.verilator_paths(job.files, job.folder)]
     log = job.folder / "build.log"
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(exe), cwd=job.folder)
+    env = _env(exe)
+    root = Path(env["VERILATOR_ROOT"]) if "VERILATOR_ROOT" in env else None
+    env.update(sim_ccache.verilator_env(job.folder.parent, root, job.folder.parent / sim_ccache.STATS_LOG))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=job.folder)
     if r.returncode == 0:
         _reuse_runtime(obj, job.folder.parent / RUNTIME)
-        m = subprocess.run(["make", "-C", str(obj), "-f", "Vdut.mk", *MAKE_ARGS], capture_output=True, text=True,
-                           env=_env(exe))
+        m = subprocess.run(["make", "-C", "obj", "-f", "Vdut.mk", *MAKE_ARGS, *sim_ccache.make_args()],
+                           capture_output=True, text=True, env=env, cwd=job.folder)
         r = subprocess.CompletedProcess(cmd, m.returncode, r.stdout + m.stdout, r.stderr + m.stderr)
     log.write_text(r.stdout + r.stderr)
     if r.returncode != 0 or not (obj / "Vdut").is_file():
@@ -284,6 +292,10 @@ def build_all(out: Path, model, workers: int | None = None, only: set[str] | Non
                     if only is None or n.name in only]
     jobs = [p for p in prepared if isinstance(p, _Job)]
     _runtime_folder(root, version)
+    (root / sim_ccache.STATS_LOG).unlink(missing_ok=True)  # this call's compiles only
+    env = _env(exe)
+    if "VERILATOR_ROOT" in env:  # its link in root, made once before the parallel compiles use it
+        sim_ccache.verilator_env(root, Path(env["VERILATOR_ROOT"]), root / sim_ccache.STATS_LOG)
     have_runtime = all((root / RUNTIME / o).is_file() for o in RUNTIME_OBJECTS)
     first = [] if have_runtime else jobs[:1]  # the first build leaves the runtime objects for the others
     done = {j.nb.name: compile_job(j, exe) for j in first}
@@ -299,7 +311,6 @@ def build_all(out: Path, model, workers: int | None = None, only: set[str] | Non
 
 def pack_inputs(model, inst, node, tensors: dict, n: int, src: Path) -> dict[int, list[int]]:
     """Every streamed input of the node for n images, packed as FINN's rtlsim packs it."""
-    from finn.util.data_packing import npy_to_rtlsim_input
     from qonnx.core.datatype import DataType
 
     words = {}
@@ -309,13 +320,13 @@ def pack_inputs(model, inst, node, tensors: dict, n: int, src: Path) -> dict[int
             dt = inst.get_input_datatype(k)
             if dt == DataType["BIPOLAR"]:  # streamed as bits, as FINN does
                 x, dt = (x + 1) / 2, DataType["BINARY"]
-            words[k] = npy_to_rtlsim_input(x, dt, inst.get_instream_width(k))
+            words[k] = rtl_packing.pack(x, dt, inst.get_instream_width(k))
             continue
         wfile = src / f"input_{k}.npy"
         if not wfile.is_file():
             w = model.get_initializer(node.input[k])
             inst.make_weight_file(w.reshape(-1, w.shape[-1]), "decoupled_npy", str(wfile))
-        one = npy_to_rtlsim_input(str(wfile), inst.get_input_datatype(k), inst.get_instream_width(k))
+        one = rtl_packing.pack(np.load(wfile), inst.get_input_datatype(k), inst.get_instream_width(k))
         reps = int(np.prod(inst.get_nodeattr("numInputVectors"))) // int(inst.get_nodeattr("TH") or 1)
         words[k] = one * reps * n
     return words
@@ -331,7 +342,6 @@ class NodeRun:
 
 def run_node(model, nb: NodeBuild, tensors: dict, n: int, stall_cycles: int = 200000) -> NodeRun:
     """Run one compiled bench on n images' inputs (tensors: graph tensors, batch first)."""
-    from finn.util.data_packing import rtlsim_output_to_npy
     from qonnx.custom_op.registry import getCustomOp
 
     t0 = time.time()  # packing and unpacking included: FINN's packers take longer than most benches
@@ -353,7 +363,7 @@ def run_node(model, nb: NodeBuild, tensors: dict, n: int, stall_cycles: int = 20
         words = [int(line, 16) for line in (io / f"out{k}.hex").read_text().split()]
         odt = inst.get_output_datatype(k)
         shape = (n,) + tuple(inst.get_folded_output_shape(k))[1:]
-        arr = rtlsim_output_to_npy(words, None, odt, shape, inst.get_outstream_width(k), odt.bitwidth())
+        arr = rtl_packing.unpack(words, odt, shape, inst.get_outstream_width(k))
         outputs[name] = np.asarray(arr, dtype=np.float32).reshape((n,) + tuple(inst.get_normal_output_shape(k))[1:])
     done = [int(c) for c in (io / "cycles.txt").read_text().split()]
     steady = (done[-1] - done[0]) / (len(done) - 1) if len(done) > 1 else float(done[0])
@@ -389,6 +399,7 @@ def simulate(out: Path, model, tensors: dict, n: int, workers: int | None = None
                    cycles_per_image=r.cycles_per_image, seconds=r.seconds)
     ran = [k for k, v in nodes.items() if "identical" in v]
     return {"verilator": verilator_version(verilator_exe()), "nodes": nodes, "compile_seconds": compile_seconds,
+            "ccache": sim_ccache.log_stats(Path(out).resolve() / CACHE_DIR / sim_ccache.STATS_LOG),
             "binaries_reused": sum(v["reused"] for v in nodes.values()), "run_seconds": seconds,
             "nodes_run": len(ran), "tensors_compared": sum(len(model.get_node_from_name(k).output) for k in ran),
             "tensors_differing": differing, "failed": failed,

@@ -34,8 +34,9 @@ class Engine:
     """forward + loss + backward + optimiser steps for one batch."""
 
     def __init__(self, net, logit_scale, opts, device: torch.device, kind: str = "fast", bf16: bool = False,
-                 compile: bool = True, label_smoothing: float = 0.0):
+                 compile: bool = True, label_smoothing: float = 0.0, parallel=None):
         self.net, self.logit_scale, self.opts, self.device = net, logit_scale, opts, device
+        self.parallel = parallel  # train_ddp.DataParallel under torchrun, else None
         self.label_smoothing = label_smoothing
         self.kind, self.bf16, self.compile = kind, bf16 and kind == "fast", compile and kind == "fast"
         self._twin = self._compiled = None
@@ -60,6 +61,11 @@ class Engine:
             return self._compiled(xb).float()
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.parallel is not None:  # under torchrun: this rank's share of the batch (train_ddp.py)
+            return self.parallel.step(self, xb, yb)
+        return self.local_step(xb, yb)
+
+    def local_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.forward(xb)
         loss = F.cross_entropy(logits * self.logit_scale.exp(), yb, label_smoothing=self.label_smoothing)
         for opt in self.opts:

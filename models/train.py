@@ -166,20 +166,44 @@ def evaluate_tensors(net, x_uint8, y, logit_scale=None, batch: int = 500) -> tup
 
 
 def train(cfg: TrainConfig, console=None) -> dict:
-    """Run (or resume) one training run; returns a summary dict."""
+    """Run (or resume) one training run; returns a summary dict. Under torchrun with several processes
+    the run is data-parallel (train_ddp.py) and only rank 0 writes and prints."""
     from rich.console import Console
 
+    from .train_ddp import maybe_parallel
+
     console = console or Console(quiet=True)
-    cfg, out, saved = open_run(cfg)
+    with maybe_parallel(cfg.device) as parallel:
+        if parallel is not None and not parallel.main:
+            console = Console(quiet=True)
+        return _train(cfg, console, parallel)
+
+
+def _train(cfg: TrainConfig, console, parallel) -> dict:
+    cfg, out, saved = open_run(cfg) if parallel is None else _open_on_rank0(cfg, parallel)
     already = _nothing_to_do(cfg, out, saved, console)
     if already is not None:
         return already
-    run = _start_run(cfg, out, saved, console)
+    run = _start_run(cfg, out, saved, console, parallel)
     for epoch in range(run.start_epoch, run.end_epoch):
         row, seconds = _run_epoch(run, epoch)
         improved = _record_epoch(run, row)
         _print_epoch(console, run.cfg, row, improved, seconds)
     return _finish(run, console)
+
+
+def _open_on_rank0(cfg: TrainConfig, parallel):
+    """open_run on rank 0 only (it may replace the folder), its result (or its error) on every rank."""
+    opened = None
+    if parallel.main:
+        try:
+            opened = open_run(cfg)
+        except BnnflowError as exc:
+            opened = exc
+    opened = parallel.share(opened)
+    if isinstance(opened, BnnflowError):
+        raise opened
+    return opened
 
 
 @dataclass
@@ -199,6 +223,7 @@ class _Run:
     steps_per_epoch: int
     run_info: dict  # run.json without its status
     best: float = -1.0  # selection_score of the epoch in best.pt; -1 before there is one
+    main: bool = True  # the process that writes the run folder (rank 0 under torchrun)
 
     @property
     def total_steps(self) -> int:
@@ -229,14 +254,16 @@ def _nothing_to_do(cfg: TrainConfig, out: Path, saved: dict | None, console) -> 
     return None
 
 
-def _set_up_device(cfg: TrainConfig):
+def _set_up_device(cfg: TrainConfig, parallel=None):
     """The device, with torch's threads set, deterministic cuDNN, and cfg.bf16 decided for it."""
     import torch
 
     from .engine import bf16_default
 
-    device = pick_device(cfg.device)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    device = pick_device(cfg.device) if parallel is None else parallel.device
+    # torchrun's processes on one node share its cores
+    per_process = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if parallel is not None else 1
+    torch.set_num_threads(cfg.threads or max((os.cpu_count() or 1) // per_process, 1))
     if device.type == "cuda":
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
@@ -245,14 +272,15 @@ def _set_up_device(cfg: TrainConfig):
     return device
 
 
-def _start_run(cfg: TrainConfig, out: Path, saved: dict | None, console) -> _Run:
+def _start_run(cfg: TrainConfig, out: Path, saved: dict | None, console, parallel=None) -> _Run:
     """Data, model, optimizers and engine of a new run, or of a resumed one as last.pt left it;
     run.json says "running" from here on."""
     import torch
 
     from .engine import Engine
 
-    device = _set_up_device(cfg)
+    device = _set_up_device(cfg, parallel)
+    main = parallel is None or parallel.main
     data = load_data(cfg)
     check_same_data(saved, data, out)
     tensors = to_device_tensors(data, device)
@@ -265,13 +293,19 @@ def _start_run(cfg: TrainConfig, out: Path, saved: dict | None, console) -> _Run
     else:
         opts = make_optimizers(cfg, net, logit_scale, device)
         history, start_epoch = [], 0
-        out.mkdir(parents=True, exist_ok=True)
-    engine = Engine(net, logit_scale, opts, device, cfg.engine, cfg.bf16, cfg.compile, cfg.label_smoothing)
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+    # not compiled under torchrun: the global batch norm's all-reduce is not traced
+    engine = Engine(net, logit_scale, opts, device, cfg.engine, cfg.bf16, cfg.compile and parallel is None,
+                    cfg.label_smoothing, parallel)
     run_info = {"config": cfg.recipe(), "engine": {k: getattr(cfg, k) for k in ENGINE_KEYS}, "data": data["info"],
                 "device": str(device), "threads": torch.get_num_threads(), "command": "bnnflow train", "out": str(out)}
+    if parallel is not None:
+        run_info.update(processes=parallel.world, command="torchrun ... bnnflow train")
     run = _Run(cfg, out, device, data["info"], tensors, net, logit_scale, opts, engine, history, start_epoch,
-               steps_per_epoch, run_info, selection_score(selected_row(history)) if history else -1.0)
-    write_run_json(out, run_info)
+               steps_per_epoch, run_info, selection_score(selected_row(history)) if history else -1.0, main)
+    if main:
+        write_run_json(out, run_info)
     _announce(run, console)
     return run
 
@@ -379,6 +413,9 @@ def _record_epoch(run: _Run, row: dict) -> bool:
     improved = score > run.best
     if improved:
         run.best = score
+    if not run.main:
+        return improved
+    if improved:
         save_best(run.out, run.net, run.cfg, run.data_info, row, len(run.tensors[2]), int(len(run.tensors[4])))
     save_last(run.out, run.net, run.cfg, run.data_info, run.history, run.opts, run.logit_scale,
               run.steps_per_epoch, run.total_steps)
@@ -399,7 +436,8 @@ def _finish(run: _Run, console) -> dict:
     cfg, out, history = run.cfg, run.out, run.history
     done = len(history) >= cfg.epochs
     best_row = selected_row(history)
-    write_run_json(out, run.run_info, history, done)
+    if run.main:
+        write_run_json(out, run.run_info, history, done)
     if done:
         console.print(f"Finished: best.pt is epoch {best_row['epoch']} (selected on "
                       f"{'validation' if best_row.get('val_top1') is not None else 'the last epoch'}), test top-1 "

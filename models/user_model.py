@@ -19,29 +19,41 @@ import torch
 from torch import nn
 
 from bnnflow.errors import BnnflowError
-from bnnflow.model_ref import FORMS, INPUT_SCALES, ModelRef, check_input_scale, parse_model_args, parse_model_ref
+from bnnflow.model_ref import FORMS, ModelRef, check_input_scale, input_affine, parse_model_args, parse_model_ref
 
 USER_KEY = "user_model"  # the checkpoint entry that says how to rebuild a user's network
 
 
 class PixelScale(nn.Module):
-    """x * step: raw pixels to what the network was trained on; `grid_step` tells the tie guard the grid."""
+    """x * step: raw pixels to what the network was trained on; `grid_step` tells the tie guard the grid.
+    With a per-channel mean and std, (x * step - mean) / std, exported as one Mul and one Add by per-channel
+    constants; its grid is then offset per channel (grid_step None)."""
 
-    def __init__(self, step: float):
+    def __init__(self, step: float, mean=None, std=None):
         super().__init__()
         self.grid_step = float(step)
+        self.affine = mean is not None
+        if self.affine:
+            mean, std = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+            # buffers outside the state_dict: a user's checkpoint never holds them
+            self.register_buffer("mul", (step / std).float().reshape(1, -1, 1, 1), persistent=False)
+            self.register_buffer("add", (-mean / std).float().reshape(1, -1, 1, 1), persistent=False)
+            self.grid_step = None  # an offset lattice per channel: the tie guard cannot read it
 
     def forward(self, x):
+        if self.affine:
+            return x * self.mul.to(x.dtype) + self.add.to(x.dtype)
         return x * self.grid_step
 
 
 class PixelInput(nn.Module):
     """A user's network as bnnflow feeds it: contiguous N x 3 x 32 x 32 raw pixels, scaled when it
-    was trained on 0..1 (`step` 1/255; 1: no scaling, and nothing added to the graph)."""
+    was trained on 0..1 (`step` 1/255; 1: no scaling, and nothing added to the graph), and normalised
+    per channel when it was trained on (x - mean) / std."""
 
-    def __init__(self, net: nn.Module, step: float = 1.0):
+    def __init__(self, net: nn.Module, step: float = 1.0, mean=None, std=None):
         super().__init__()
-        self.scale = PixelScale(step) if step != 1.0 else None
+        self.scale = PixelScale(step, mean, std) if step != 1.0 or mean is not None else None
         self.net = net
 
     def forward(self, x):
@@ -130,7 +142,7 @@ def build_user_network(model: str, model_args: dict | str | None = None, input_s
     if not isinstance(net, nn.Module):
         raise BnnflowError(f"{ref.text} returned a {type(net).__name__}, not a torch.nn.Module: name the factory "
                            "that returns the Brevitas network.")
-    return PixelInput(net, INPUT_SCALES[scale]).eval()
+    return PixelInput(net, *input_affine(scale)).eval()
 
 
 def user_spec(req) -> dict:

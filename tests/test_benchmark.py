@@ -120,3 +120,28 @@ def test_benchmark_tiny_cnv_and_cache(tiny_cnv, tmp_path):
     t0 = time.time()
     again = run_benchmark("pynq-z2", bench, jobs=1, only=["cnv/tiny"])
     assert again["rows"][0]["cached"] and again["rows"][0]["fps"] == row["fps"] and time.time() - t0 < 30
+
+
+def test_benchmark_is_a_sweep(monkeypatch, tmp_path):
+    """`bnnflow benchmark` submits its designs through the sweep engine: searched folding, committed weights,
+    one plain-named folder each, on the cluster it is given (default: a LocalCluster of --jobs workers)."""
+    from bnnflow.build_flows import benchmark, sweep
+    from bnnflow.build_flows.sweep_cluster import ClusterSpec
+
+    seen = {}
+
+    def fake_sweep(points, root, spec, **kw):
+        seen.update(points=points, root=root, spec=spec, **kw)
+        return {"rows": [{"model": p.model, "title": benchmark.TITLES[p.model], "variant": p.variant,
+                          "status": "lost", "error": "KilledWorker: x", "accuracy": None, "seconds": 0.0}
+                         for p in points], "wall_seconds": 1.0}
+
+    monkeypatch.setattr(sweep, "run_sweep", fake_sweep)
+    report = benchmark.run_benchmark("pynq-z2", tmp_path, jobs=3, only=["cnv"], lut_max=0.7)
+    assert [(p.model, p.variant, p.folding, p.weights, p.lut_max) for p in seen["points"]] == \
+        [("cnv", v, "auto", "committed", 0.7) for v in ("tiny", "small", "default")]
+    assert seen["spec"] == ClusterSpec(jobs=3) and seen["hashed"] is False and seen["priority"](seen["points"][2]) > \
+        seen["priority"](seen["points"][0])  # the largest design is submitted first
+    assert "| CNV-W1A1 | tiny | untrained | lost (worker died) |" in (tmp_path / "benchmark.md").read_text()
+    assert "- CNV-W1A1 tiny: KilledWorker: x" in (tmp_path / "benchmark.md").read_text()  # never silently dropped
+    assert report["cluster"].startswith("a local Dask cluster of 3 worker process(es)")

@@ -21,7 +21,7 @@ import pytest
 from rich.console import Console
 
 from bnnflow import compat
-from bnnflow.build_flows import cppsim, verilator_sim
+from bnnflow.build_flows import cppsim, hls_fetch, sim_ccache, verilator_sim
 from bnnflow.build_flows.build import BREVITAS_FILE
 from bnnflow.build_flows.verify import CPPSIM_STAGE, folded_model_and_input, print_verify, verify_build
 from bnnflow.images import nchw_float
@@ -247,6 +247,47 @@ def test_finn_custom_hls_env(monkeypatch, tmp_path):
     assert compat.finn_custom_hls_env(root) == {"FINN_CUSTOM_HLS": str(tmp_path)}
 
 
+def test_ccache_compile_script_is_free_of_build_folder_paths(tmp_path, monkeypatch):
+    """What ccache hashes (the compile command and the testbench) names no path of the build folder, nor FINN's
+    random code-gen folder, so the same node compiled in another build folder is a hit (sim_ccache)."""
+    from types import SimpleNamespace
+
+    from finn.templates import get_templates_folder
+
+    cache = tmp_path / "b" / "cppsim"
+    folder = cache / "code" / "code_gen_cppsim_MVAU_hls_0_x8k2"
+    folder.mkdir(parents=True)
+    (folder / "execute_MVAU_hls.cpp").write_text(f'f("{folder}/input_0.npy", a);\ng("{folder}/output_0.npy");\n')
+    sim_ccache.relative_testbench(folder)
+    assert (folder / "execute_MVAU_hls.cpp").read_text() == 'f("input_0.npy", a);\ng("output_0.npy");\n'
+    monkeypatch.setenv("FINN_CUSTOM_HLS", str(tmp_path / "custom_hls"))
+    hls = cache / "env" / "xilinx_hls"
+    builder = SimpleNamespace(
+        include_paths=[f"-I{get_templates_folder()}/npy2stream", f"-I{cache}/env/finn_deps/finn-hlslib",
+                       "-I$FINN_CUSTOM_HLS", f"-I{hls}/include", "--std=c++17", "-O3", "-lz",
+                       f'-Wl,-rpath,"{hls}/lnx64/lib/csim"', f"-L{hls}/lnx64/lib/csim -lhlsmc++-GCC46"],
+        cpp_files=[f"{folder}/*.cpp", f"{get_templates_folder()}/npy2stream/cnpy.cpp"],
+        executable_path=f"{folder}/node_model")
+    links = sim_ccache.env_links(cache / "env")
+    script = sim_ccache.compile_script(builder, folder, links, cache, Path("/opt/ccache"))
+    compiles = [ln for ln in script.splitlines() if " -c " in ln]
+    assert [ln.split()[:4] for ln in compiles] == [["/opt/ccache", "g++", "-c", "execute_MVAU_hls.cpp"],
+                                                  ["/opt/ccache", "g++", "-c",
+                                                   "../../env/finn_templates/npy2stream/cnpy.cpp"]]
+    for ln in compiles:
+        assert str(tmp_path) not in ln and "x8k2" not in ln and str(get_templates_folder()) not in ln, ln
+        assert "-I../../env/finn_custom_hls" in ln and "-I../../env/xilinx_hls/include" in ln and ln.endswith("-O3")
+    link = script.splitlines()[-1]
+    assert link.startswith("g++ -o node_model execute_MVAU_hls.o cnpy.o -lz") and "-lhlsmc++-GCC46" in link
+    assert f"export CCACHE_BASEDIR={cache.resolve()}" in script
+    assert (cache / "env" / "finn_custom_hls").resolve() == tmp_path / "custom_hls"
+    # a cache folder that cannot be made (e.g. a read-only home): no ccache, plain g++, not a failure
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv(sim_ccache.ENV_DIR, str(tmp_path / "a-file" / "ccache"))
+    assert sim_ccache.exe() is None
+    assert sim_ccache.compile_script(builder, folder, links, cache, sim_ccache.exe()).count("\ng++ -c ") == 2
+
+
 def test_fast_flags_only_drop_finns_two_flags(tmp_path):
     """compat.cppsim_fast_flags: inside, FINN's CppBuilder writes the same compile.sh minus
     `-fno-builtin -fno-inline`; outside (or disabled) FINN's own. (Same outputs: test_cppsim_cnv_tiny.)"""
@@ -294,6 +335,74 @@ def hide_sources(monkeypatch, tmp_path):
     monkeypatch.setenv(cppsim.ENV_DEPS, str(tmp_path / "empty"))
     monkeypatch.delenv("XILINX_HLS", raising=False)
     monkeypatch.setattr(cppsim, "_finn_hlslib", lambda: None)
+    unreachable(monkeypatch, tmp_path)
+
+
+def unreachable(monkeypatch, tmp_path):
+    """The third source (GitHub) out of reach, as on a machine without internet: local URLs that do not exist."""
+    monkeypatch.setenv(hls_fetch.CACHE_ENV, str(tmp_path / "hls-cache"))
+    for env in hls_fetch.URL_ENV.values():
+        monkeypatch.setenv(env, str(tmp_path / "no-such-repo.git"))
+
+
+def git_repo(folder: Path, files_per_commit: list[dict[str, str]]) -> list[str]:
+    """A local git repository with one commit per dict of files; their hashes."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(folder), *args], check=True, capture_output=True, text=True).stdout
+
+    folder.mkdir(parents=True)
+    git("init", "-q")
+    commits = []
+    for files in files_per_commit:
+        for name, text in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text)
+        git("add", "-A")
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+        commits.append(git("rev-parse", "HEAD").strip())
+    return commits
+
+
+def test_sources_lookup_order_and_fetch_at_the_pinned_commit(monkeypatch, tmp_path):
+    """Vitis, then BNNFLOW_HLS_DEPS/../shared/vendor, then a fetch at the pinned commit (a local repository stands
+    in for GitHub), checked out once outside the repository; unreachable: one sentence."""
+    hide_sources(monkeypatch, tmp_path)
+    vendor = tmp_path / "empty"
+    (vendor / "HLS_arbitrary_Precision_Types" / "include").mkdir(parents=True)
+    (vendor / "HLS_arbitrary_Precision_Types" / "include" / "ap_int.h").write_text("")
+    pinned, newer = git_repo(tmp_path / "hlslib.git", [{"bnn-library.h": "pinned", "pool.hpp": "Pool_batch"},
+                                                        {"bnn-library.h": "newer"}])
+    real = hls_fetch.pins()
+    assert real[hls_fetch.FINN_HLSLIB].commit == "8d979e2bdced486dd25d26607d1ff5ae327ed6a8"  # finn-plus 1.6.1's
+    monkeypatch.setattr(hls_fetch, "pins", lambda: {**real, hls_fetch.FINN_HLSLIB: hls_fetch.Pin(
+        hls_fetch.FINN_HLSLIB, "https://github.invalid/finn-hlslib.git", pinned)})
+    # unreachable: one sentence naming what and where
+    why = cppsim.unavailable()
+    assert "finn-hlslib could not be fetched from" in why and "no-such-repo" in why
+    one_sentence(Exception(why))
+    # reachable: checked out at the pinned commit, not the newest, without its .git
+    monkeypatch.setenv("BNNFLOW_HLSLIB_URL", str(tmp_path / "hlslib.git"))
+    src = cppsim.find_sources()
+    assert isinstance(src, cppsim.Sources), src
+    assert src.hlslib == tmp_path / "hls-cache" / f"finn-hlslib-{pinned[:12]}" and src.extra == []
+    assert (src.hlslib / "bnn-library.h").read_text() == "pinned" and not (src.hlslib / ".git").exists()
+    assert "fetched at the pinned commit: finn-hlslib" in src.describe()
+    shutil.rmtree(tmp_path / "hlslib.git")  # fetched once: no second fetch
+    assert cppsim.find_sources().hlslib == src.hlslib
+    # a finn-hlslib in the vendor folder comes first: nothing fetched
+    (vendor / "finn-hlslib").mkdir()
+    (vendor / "finn-hlslib" / "bnn-library.h").write_text("vendor")
+    assert cppsim.find_sources().hlslib == vendor / "finn-hlslib"
+    # a Vitis install comes first for the headers: only finn-hlslib is looked for, ap_int never fetched
+    shutil.rmtree(vendor)
+    vitis = tmp_path / "Vitis_HLS" / "include"
+    vitis.mkdir(parents=True)
+    for name in ("ap_int.h", "hls_stream.h"):
+        (vitis / name).write_text("")
+    monkeypatch.setenv("XILINX_HLS", str(vitis.parent))
+    src = cppsim.find_sources()
+    assert src.vitis == vitis.parent and src.hlslib.name == f"finn-hlslib-{pinned[:12]}"
+    assert not list((tmp_path / "hls-cache").glob("HLS_arbitrary*"))
 
 
 def test_missing_sources_is_one_sentence(monkeypatch, tmp_path):
@@ -361,6 +470,7 @@ def test_cppsim_cnv_tiny(tmp_path, tiny_cnv_build, cifar_test):
         rtl = info["verilator"]
         assert rtl["all_identical"] and rtl["nodes_run"] == sum(n.op_type.endswith("_rtl") for n in child.graph.node)
         assert all(r["cycles_per_image"] > 0 for r in rtl["nodes"].values())
+        assert info["cycle_check"]["all_agree"], info["cycle_check"]["nodes"]  # stream model = Verilator's cycles
 
     # a second verify reuses the compiled binaries and gives the same tensors
     child, xf = folded_model_and_input(out, nchw_float(x[:2]))
@@ -368,6 +478,16 @@ def test_cppsim_cnv_tiny(tmp_path, tiny_cnv_build, cifar_test):
     assert prepared.reused
     tensors, _, ran = cppsim.run_images(prepared, xf)
     assert ran == {n.name for n in child.graph.node if n.op_type.endswith("_hls")}
+
+    # the compiler cache: the same graph compiled in another build folder (FINN's code-gen folders get new
+    # random names) is all hits, i.e. the sources compiled are identical, and so are the outputs
+    if sim_ccache.exe() is not None:
+        other = copy_build(tiny_cnv_build, tmp_path / "elsewhere" / "cnv")
+        again = cppsim.prepare(other, child, sources_or_skip())
+        compiles = sum(n.op_type.endswith("_hls") for n in child.graph.node) * 2  # the testbench and cnpy.cpp
+        assert not again.reused and again.ccache == {"hits": compiles, "misses": 0, "other": 0}, again.ccache
+        t2, _, _ = cppsim.run_images(again, xf)
+        assert all(np.array_equal(t2[k], v) for k, v in tensors.items())
 
     import finn
     from qonnx.custom_op.registry import getCustomOp
@@ -383,15 +503,16 @@ def test_cppsim_cnv_tiny(tmp_path, tiny_cnv_build, cifar_test):
         d = Path(getCustomOp(node).get_nodeattr("code_gen_dir_cppsim"))
         script = (d / "compile.sh").read_text()
         assert compat.SLOW_CPPSIM_FLAGS not in script
-        slow = re.sub(r"g\+\+ -o \S+", f"g++ -o {d / 'node_model_finn_flags'}", script, count=1)
-        slow = slow.replace(" -O3 ", f" -O3 {compat.SLOW_CPPSIM_FLAGS} ")
+        slow = re.sub(r"g\+\+ -o \S+", "g++ -o node_model_finn_flags", script, count=1)  # the link
+        slow, changed = re.subn(r" -O3(?= |$)", f" -O3 {compat.SLOW_CPPSIM_FLAGS}", slow, flags=re.M)
+        assert changed == script.count(" -c ") == 2, script  # every compile (testbench, cnpy.cpp) gets FINN's flags
         (d / "compile_finn_flags.sh").write_text(slow)
         env = {**os.environ, **compat.finn_custom_hls_env(Path(finn.__file__).parent)}
         r = subprocess.run(["bash", str(d / "compile_finn_flags.sh")], capture_output=True, text=True, env=env)
         assert r.returncode == 0, r.stderr[-3000:]
         outs = []
         for exe in ("node_model", "node_model_finn_flags"):
-            subprocess.run([str(d / exe)], check=True, capture_output=True)
+            subprocess.run([str(d / exe)], check=True, capture_output=True, cwd=d)  # its .npy paths are relative
             outs.append(np.load(d / "output_0.npy"))
         assert np.array_equal(outs[0], outs[1]), node.name
         checked += 1

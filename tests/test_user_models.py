@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from bnnflow.cli import main
 from bnnflow.errors import BnnflowError
-from bnnflow.model_ref import MODEL_NAMES, parse_model_args, parse_model_ref, short_source, user_source
+from bnnflow.model_ref import MODEL_NAMES, OnnxRef, parse_model_args, parse_model_ref, short_source, user_source
 
 from conftest import REPO, one_sentence, shared_npz
 
@@ -80,6 +80,9 @@ def test_any_reference_parses_or_is_one_sentence(text):
     except BnnflowError as exc:
         msg = str(exc)
         assert "\n" not in msg and msg.endswith(".") and "Traceback" not in msg
+        return
+    if isinstance(ref, OnnxRef):  # a name ending in .onnx: a QONNX file (checked when it is read)
+        assert text.lower().endswith(".onnx") and ref.file == Path(text)
         return
     assert ref is None or (ref.attr and (ref.file is not None or ref.module))
 

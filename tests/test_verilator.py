@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from bnnflow.build_flows import rtllib_patches, verilator_sim
+from bnnflow.build_flows import rtllib_patches, sim_ccache, verilator_sim
 from bnnflow.images import nchw_float
 
 from conftest import one_sentence
@@ -176,11 +176,9 @@ def test_streaming_fifo_rtl_patched(vroot):
 # ------------------------------------------------------------------ real nodes of a build, real activations
 
 
-def test_cnv_rtl_nodes_match_finn_and_cache(vroot, tiny_cnv_build, cifar_test):
-    """Two RTL nodes of the tiny CNV build (a Thresholding_rtl reading .dat files, a sliding window) on the
-    real activations of 2 CIFAR-10 images: identical to FINN's Python model and the functional model; a
-    second build_all reuses the binaries."""
-    verilator_or_skip()
+def cnv_rtl_nodes(tiny_cnv_build, cifar_test):
+    """The tiny CNV's folded graph, a Thresholding_rtl and a sliding window of it, and every tensor of 2 real
+    CIFAR-10 images through the functional model (graph input included)."""
     from bnnflow.build_flows.functional import execute_graph
     from bnnflow.build_flows.verify import folded_model_and_input
 
@@ -190,11 +188,87 @@ def test_cnv_rtl_nodes_match_finn_and_cache(vroot, tiny_cnv_build, cifar_test):
              for op in ("Thresholding_rtl", "ConvolutionInputGenerator_rtl")}
     tensors = execute_graph(child, xf, tensors=[t for n in child.graph.node for t in n.output])
     tensors[child.graph.input[0].name] = xf
+    return child, names, tensors
+
+
+def test_cnv_rtl_nodes_match_finn_and_cache(vroot, tiny_cnv_build, cifar_test):
+    """Two RTL nodes of the tiny CNV build (a Thresholding_rtl reading .dat files, a sliding window) on the
+    real activations of 2 CIFAR-10 images: identical to FINN's Python model and the functional model; a
+    second build_all reuses the binaries."""
+    verilator_or_skip()
+    child, names, tensors = cnv_rtl_nodes(tiny_cnv_build, cifar_test)
     builds = check_against_finn(child, vroot, names, tensors, 2)
     assert not any(b.reused for b in builds)
     assert any(p.suffix == ".dat" for b in builds for p in b.src.iterdir())  # the bench ran where they are
-    _, again = verilator_sim.build_all(vroot, child, only=names)
+    m1, again = verilator_sim.build_all(vroot, child, only=names)
     assert all(b.reused and b.exe == a.exe for a, b in zip(builds, again))
+    # another build folder compiles the same C++ (Verilator's output names only relative paths): every
+    # object from the compiler cache, same outputs
+    if sim_ccache.exe() is not None:
+        other = vroot.parent / f"{vroot.name}-elsewhere"
+        m2, moved = verilator_sim.build_all(other, child, only=names)
+        assert not any(b.reused for b in moved) and all(b.exe is not None for b in moved)
+        stats = sim_ccache.log_stats(other / verilator_sim.CACHE_DIR / sim_ccache.STATS_LOG)
+        assert stats["hits"] > 0 and stats["misses"] == 0, stats
+        for a, b in zip(builds, moved):
+            r1, r2 = verilator_sim.run_node(m1, a, tensors, 2), verilator_sim.run_node(m2, b, tensors, 2)
+            assert all(np.array_equal(r1.outputs[t], r2.outputs[t]) for t in r1.outputs)
+            assert (r1.cycles_first, r1.cycles_per_image) == (r2.cycles_first, r2.cycles_per_image)
+
+
+def test_stream_model_cycles_match_verilator(vroot, tiny_cnv_build, cifar_test):
+    """The stream model that sizes the FIFOs (fifo_sizing.node_alone) against Verilator, per RTL node of cnv/tiny
+    on 2 real images: steady state within fifo_crosscheck.STEADY_SLACK cycles per image (the SWG idles one
+    cycle between images), first image within FIRST_SLACK (pipeline fill). Reuses the benches compiled above."""
+    verilator_or_skip()
+    from bnnflow.build_flows import fifo_crosscheck
+
+    child, names, tensors = cnv_rtl_nodes(tiny_cnv_build, cifar_test)
+    m, builds = verilator_sim.build_all(vroot, child, only=names)
+    runs = {b.name: verilator_sim.run_node(m, b, tensors, 2) for b in builds}
+    rows = {k: {"op_type": child.get_node_from_name(k).op_type, "cycles_first_image": r.cycles_first,
+                "cycles_per_image": r.cycles_per_image} for k, r in runs.items()}
+    check = fifo_crosscheck.cross_check(child, rows, 2)
+    assert check["all_agree"], check["nodes"]
+    assert set(check["types"]) == {"Thresholding_rtl", "ConvolutionInputGenerator_rtl"}
+    swg = next(k for k in names if k.startswith("Conv"))
+    # the SWG reads no input of the next image before its last window left: letting frames overlap (the
+    # model before this check) puts the SWG's steady state below Verilator's by more than the slack
+    from bnnflow.build_flows import fifo_graph
+    from bnnflow.build_flows.fifo_sizing import node_alone
+
+    g = fifo_graph.stream_graph(child)
+    p = g.proc(swg)
+    overlapping = fifo_graph._swg_model(getcustom(child, swg), p.swg["in"], p.swg["out"], overlap=True)
+    p.swg = overlapping
+    assert rows[swg]["cycles_per_image"] - node_alone(g, swg, 2).interval > fifo_crosscheck.STEADY_SLACK
+
+
+def getcustom(model, name):
+    from qonnx.custom_op.registry import getCustomOp
+
+    return getCustomOp(model.get_node_from_name(name))
+
+
+@pytest.mark.parametrize("name, k, width", [("BINARY", 1, 8), ("BINARY", 72, 72), ("INT3", 24, 72), ("UINT8", 3, 24),
+                                            ("INT14", 1, 16), ("INT24", 7, 168), ("UINT1", 3, 4), ("INT32", 2, 64),
+                                            ("BIPOLAR", 5, 8)])
+def test_numpy_packing_equals_finns(name, k, width):
+    """rtl_packing (the benches' words) gives FINN's npy_to_rtlsim_input / rtlsim_output_to_npy words and arrays,
+    ports wider than 64 bits and signed types included (BIPOLAR: FINN's own code)."""
+    from finn.util.data_packing import npy_to_rtlsim_input, rtlsim_output_to_npy
+    from qonnx.core.datatype import DataType
+
+    from bnnflow.build_flows import rtl_packing
+
+    dt = DataType[name]
+    x = np.random.default_rng(k).integers(0 if name == "BIPOLAR" else dt.min(), dt.max() + 1, size=(3, 4, k))
+    x = (2 * x - 1 if name == "BIPOLAR" else x).astype(np.float32)
+    words = npy_to_rtlsim_input(x, dt, width)
+    assert rtl_packing.pack(x, dt, width) == words
+    back = rtl_packing.unpack(words, dt, x.shape, width)
+    assert np.array_equal(back, np.asarray(rtlsim_output_to_npy(words, None, dt, x.shape, width, dt.bitwidth())))
+    assert np.array_equal(back, x)
 
 
 def test_cache_key_covers_the_harness(tmp_path, monkeypatch):

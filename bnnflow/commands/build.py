@@ -38,6 +38,11 @@ def cmd_export(args) -> int:
         raise BnnflowError("Name the QONNX file to write with --out FILE.")
     if args.out.exists():
         raise BnnflowError(f"{args.out} already exists: choose another --out or delete it first.")
+    from bnnflow.model_ref import is_onnx_model, shown
+
+    if is_onnx_model(args.model):
+        raise BnnflowError(f"{shown(args.model)} is a QONNX file already: 'bnnflow build {shown(args.model)}' takes "
+                           "it as it is.")
     net, _ = prepare_network(request_from_args(args), console)
     export_model(net, args.out)
     console.print(f"Wrote {args.out}")

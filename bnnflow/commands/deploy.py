@@ -11,9 +11,9 @@ ARCHIVES = ("zip", "tar.gz", "none")
 
 
 def default_package_dir(model: str, variant: str, board: str) -> Path:
-    if ":" in model:  # a user's network: its short name, as its build folder
-        from bnnflow.model_ref import parse_model_ref
+    from bnnflow.model_ref import is_user_model, parse_model_ref
 
+    if is_user_model(model):  # a user's network: its short name, as its build folder
         return Path("deploy") / f"{parse_model_ref(model).short_name}-{board}"
     return Path("deploy") / f"{model}-{variant}-{board}"
 
@@ -91,6 +91,14 @@ def cmd_deploy(args) -> int:
     if flow.CODEGEN_STEP not in flow.BuildState(build).done:
         raise BnnflowError(f"The build in {build} stopped before '{flow.CODEGEN_STEP}', so there is no final "
                            "hardware graph to package: see its build.log.")
+    from bnnflow.build_flows.onnx_input import network_io
+    from bnnflow.images import IMAGE_SHAPE
+
+    shape = network_io(build)[0]
+    if shape != IMAGE_SHAPE:  # the package's notebook, test images and driver shapes are CIFAR-10's
+        raise BnnflowError(f"The network takes images of {' x '.join(map(str, shape))} (H x W x C), but the "
+                           "deployment package is made for CIFAR-10's 32 x 32 x 3 images: build and verify it, and "
+                           "package it by hand from the build folder for now.")
     if result and result.get("stopped"):
         console.print(f"[yellow]{result['stopped']}[/]")
     out = Path(args.out or default_package_dir(args.model, args.variant, board.name))

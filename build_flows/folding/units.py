@@ -24,6 +24,7 @@ from finn.util.basic import MAX_ALLOWED_AP_INT_W  # noqa: E402
 from finn.util.fpgadataflow import is_hls_node  # noqa: E402
 
 from ..fifos import base_op, is_hw  # noqa: E402
+from ..folding_check import hls_mvau_min_simd  # noqa: E402
 
 MVAU_WWIDTH_MAX = 36  # FINN's DataflowBuildConfig.mvau_wwidth_max default
 # FINN's own list of folding attributes (step_target_fps_parallelization), as the JSON carries them
@@ -137,6 +138,9 @@ def _mvau_options(sc: _Scorer, node, swg, mvau_wwidth_max: int) -> list[Option]:
     xnor = bool(inst.get_nodeattr("binaryXnorMode"))
     hls = is_hls_node(node)
     simds = [s for s in divisors(mw) if s == 1 or s * wbits <= mvau_wwidth_max]
+    if hls:  # FINN's rule beats the width preference: keep the narrowest SIMD it accepts
+        low = hls_mvau_min_simd(mw)
+        simds = [s for s in simds if s >= low] or [min(d for d in divisors(mw) if d >= low)]
     res_types = ["lut", "dsp"] if hls and not xnor else [None]
     swg_opts: list[tuple[int, dict]] = []  # (cycles, attrs)
     if swg is not None:

@@ -1,0 +1,166 @@
+"""`bnnflow sweep FILE`: a grid or list of design points, one Dask task each; table + plot of what finished.
+
+The flags that say where tasks run (--jobs, --scheduler, --cluster ...) are defined here and shared
+with `bnnflow benchmark`, which is a sweep of its nine designs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bnnflow.errors import BnnflowError
+
+DEFAULT_DIR = Path("build/sweep")
+
+
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where the design points run (default: a local Dask cluster sized to this machine)")
+    g.add_argument("--jobs", type=int, help="local worker processes (1: one point after another in this process; "
+                                            "default: one per core, as memory allows), or with --cluster the "
+                                            "number of batch jobs (default 1)")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://HOST:8786; its "
+                                                          "workers must see --build at the same path")
+    g.add_argument("--cluster", choices=("slurm", "lsf", "pbs"), help="start Dask workers as batch jobs "
+                                                                       "(dask-jobqueue)")
+    g.add_argument("--cores", type=int, default=4, help="cores per batch job; default: %(default)s")
+    g.add_argument("--processes", type=int, help="worker processes (points at once) per batch job; default: --cores")
+    g.add_argument("--memory", default="16GB", help="memory per batch job; default: %(default)s")
+    g.add_argument("--walltime", default="02:00:00", help="wall time per batch job (LSF: HH:MM); "
+                                                          "default: %(default)s")
+    g.add_argument("--queue", help="batch queue / partition")
+    g.add_argument("--account", help="batch account to charge (LSF: project)")
+    g.add_argument("--job-script", action="store_true", help="print the batch script one job would run, then stop")
+    g.add_argument("--retries", type=int, default=1, help="re-runs of a point whose task raised an unexpected "
+                                                          "error; default: %(default)s (a lost worker's points "
+                                                          "are re-run by Dask)")
+
+
+def spec_from_args(args):
+    from bnnflow.build_flows.sweep_cluster import ClusterSpec
+
+    return ClusterSpec(jobs=args.jobs, scheduler=args.scheduler, cluster=args.cluster, cores=args.cores,
+                       processes=args.processes, memory=args.memory, walltime=args.walltime, queue=args.queue,
+                       account=args.account).check()
+
+
+def print_job_script(args) -> int:
+    from bnnflow.build_flows.sweep_cluster import job_script
+
+    if not args.cluster:
+        raise BnnflowError("--job-script shows the script of a batch job: pass --cluster slurm, lsf or pbs.")
+    print(job_script(spec_from_args(args)))
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("sweep", help="build a grid of design points on a Dask cluster: table + plot",
+                       description="Builds every design point a YAML or JSON file names (grid: keys with lists of "
+                                   "values, every combination; points: single designs) as one task each on a Dask "
+                                   "cluster, caches each build folder under --build by a hash of its identity (a "
+                                   "re-run skips finished points) and tabulates and plots what finished. Keys: "
+                                   "model, variant, board, folding (committed, auto, fps:N or FILE.json), "
+                                   "stop_after (a step, see 'bnnflow steps'), weights (committed, random or "
+                                   "FILE.pt), seed, lut_max, bram_max.")
+    p.add_argument("file", type=Path, help="the sweep file (.yaml, .yml or .json)")
+    p.add_argument("--build", type=Path, metavar="DIR", default=DEFAULT_DIR,
+                   help="folder of the points' build folders, shared by every worker; default: %(default)s")
+    p.add_argument("--out", type=Path, help="plot (PNG) to write; default: BUILD/sweep.png")
+    p.add_argument("--force", action="store_true", help="rebuild finished points too")
+    p.add_argument("--dry-run", action="store_true", help="list the points and which are cached; build nothing")
+    add_cluster_args(p)
+
+
+class Progress:
+    """Points done / running / failed: a rich progress bar on a terminal, else (a batch job's log) a line
+    whenever the counts change; and each point's line as it ends."""
+
+    def __init__(self, console, total: int, what: str):
+        from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+
+        self.console, self.what = console, what
+        self.bar = Bar(TextColumn(what), BarColumn(bar_width=20), TextColumn("{task.fields[counts]}"),
+                       TimeElapsedColumn(), console=console) if console.is_terminal else None
+        self.task = self.bar.add_task(what, total=total, counts="") if self.bar else None
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.stop()
+
+    def counts(self, c: dict) -> None:
+        text = (f"{c['done']} done ({c['cached']} cached), {c['running']} running, {c['failed']} failed, "
+                f"{c['queued']} queued")
+        if self.bar:
+            self.bar.update(self.task, completed=c["done"] + c["failed"], counts=text)
+        else:
+            self.console.print(f"{self.what}: {text}", soft_wrap=True)  # a log line stays one line
+
+    def row(self, r: dict) -> None:
+        status = r.get("status")
+        if r.get("cached"):
+            what = "cached"
+        elif status == "done" and r.get("fps") is not None:
+            what = f"{r['fps']:,.0f} FPS"
+        else:
+            what = f"[yellow]{status}[/]: {r.get('error') or 'no estimates (stopped before them)'}"
+        self.console.print(f"  {r['title']}/{r['variant']} on {r.get('board', '')}: {what} ({r['seconds']:.0f} s)",
+                           soft_wrap=True)
+
+
+def check_failures(rows: list[dict]) -> None:
+    """Failed or lost points end the command with one sentence (the table above says which and why)."""
+    bad = [r for r in rows if r.get("status") in ("failed", "lost")]
+    if bad:
+        names = ", ".join(f"{r['model']}/{r['variant']}" for r in bad[:4]) + (" ..." if len(bad) > 4 else "")
+        raise BnnflowError(f"{len(bad)} of {len(rows)} design points failed or were lost ({names}): the table says "
+                           "why, and the same command re-runs just them (finished points are cached).")
+
+
+def cmd_sweep(args) -> int:
+    from rich.console import Console
+
+    from bnnflow.build_flows import flow
+    from bnnflow.build_flows.benchmark import has_figures, markdown_table, plot, write_report
+    from bnnflow.build_flows.sweep import folder_name, point_key, cached_row, run_sweep
+    from bnnflow.build_flows.sweep_spec import load_sweep
+    from bnnflow.hw.boards import get_board
+
+    if args.job_script:
+        return print_job_script(args)
+    spec = spec_from_args(args)
+    points = load_sweep(args.file, tuple(flow.STEP_NAMES))
+    console = Console()
+    if args.dry_run:
+        for p in points:
+            key = point_key(p)
+            state = "cached" if cached_row(args.build.resolve() / folder_name(p, key), key) else "to build"
+            console.print(f"  {p.label}: {state} ({folder_name(p, key)})", soft_wrap=True)
+        return 0
+    console.print(f"Sweeping {len(points)} design points from {args.file} on {spec.describe()}; build folders in "
+                  f"{args.build}.")
+    with Progress(console, len(points), "points") as progress:
+        result = run_sweep(points, args.build, spec, force=args.force, retries=args.retries,
+                           on_row=progress.row, on_counts=progress.counts)
+    boards = list(dict.fromkeys(p.board for p in points))
+    board = get_board(boards[0])
+    report = {"board": ", ".join(boards), "part": board.part, "clock_mhz": board.clock_mhz,
+              "heading": f"Sweep {args.file.name}: {len(points)} design points on {', '.join(boards)}; FINN's "
+                         "estimates with the FIFOs and width converters FINN will insert.",
+              "wall_seconds": result["wall_seconds"], "cluster": spec.describe(), "rows": result["rows"]}
+    write_report(report, args.build, "sweep")
+    print()
+    print(markdown_table(report))
+    print()
+    png = plot(report, args.out or args.build / "sweep.png") if any(map(has_figures, result["rows"])) else "none"
+    console.print(f"Plot: {png}; table: {args.build / 'sweep.md'}; data: {args.build / 'sweep.json'}; wall time "
+                  f"{result['wall_seconds']:.0f} s.")
+    check_failures(result["rows"])
+    return 0
+
+
+COMMANDS = {"sweep": cmd_sweep}
