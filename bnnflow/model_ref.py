@@ -27,8 +27,9 @@ ONNX_SUFFIX = ".onnx"
 
 
 def shown(text: str, limit: int = 80) -> str:
-    """User text echoed in a one-line message: control characters and line breaks as spaces, cut short."""
-    flat = "".join(c if c.isprintable() else " " for c in str(text))
+    """User text echoed in a one-line, one-sentence message, cut short: characters that do not print (line
+    breaks, invisible ones) as their escapes, so the user sees them, and a space after a full stop too."""
+    flat = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text)).replace(". ", ".\\x20")
     return flat if len(flat) <= limit else flat[:limit - 1] + "…"
 
 
