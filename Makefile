@@ -13,23 +13,26 @@ setup:
 build: setup
 	$(VENV)/bin/bnnflow build $(MODEL) --board $(BOARD) --force; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ]
 
-# Two long, mostly self-contained parts run beside the rest, each in its own pytest session and temp
-# folder, reports after the rest's: the Docker image build (tests/test_docker.py, downloads and podman
-# I/O) and `verify --sim` of the three default models (tests/test_sim_defaults.py, g++/Verilator
-# compiles, cached across runs by ccache in $$BNNFLOW_CCACHE_DIR).
-BESIDE := image simdefaults
-REST   := not image and not simdefaults
+# Four pytest sessions side by side, each in its own temp folder, so both cores stay busy: the Docker
+# image build (tests/test_docker.py: downloads and podman I/O), `verify --sim` of the three default models
+# (tests/test_sim_defaults.py: g++/Verilator compiles, cached across runs by ccache in
+# $$BNNFLOW_CCACHE_DIR), the tests that need no shared build (training, user networks, sweeps, ...), and in
+# front the tests on the session-wide tiny/default builds (tests/conftest.py; built once). Each prints its
+# slowest tests; the side sessions' reports follow the front one's.
+BESIDE_MARKS := image|simdefaults|not image and not simdefaults and not shared_builds
+FRONT        := not image and not simdefaults and shared_builds
+PYTEST       := $(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15
 
 test: setup
-	@dir=$$(mktemp -d); pids=""; \
-	for m in $(BESIDE); do \
-	  mkdir "$$dir/$$m"; \
-	  $(VENV)/bin/python -m pytest -q -p no:cacheprovider --basetemp="$$dir/$$m/tmp" -m "$$m" >"$$dir/$$m.log" 2>&1 & \
+	@dir=$$(mktemp -d); pids=""; i=0; marks='$(BESIDE_MARKS)'; \
+	IFS='|'; for m in $$marks; do \
+	  i=$$((i+1)); mkdir "$$dir/$$i"; echo "$$m" > "$$dir/$$i.mark"; \
+	  $(PYTEST) --basetemp="$$dir/$$i/tmp" -m "$$m" >"$$dir/$$i.log" 2>&1 & \
 	  pids="$$pids $$!"; \
-	done; \
-	$(VENV)/bin/python -m pytest -q -m "$(REST)"; rc=$$?; \
+	done; unset IFS; \
+	$(PYTEST) -m "$(FRONT)"; rc=$$?; \
 	for p in $$pids; do wait $$p || rc=1; done; \
-	for m in $(BESIDE); do echo "--- pytest -m $$m:"; cat "$$dir/$$m.log"; done; \
+	for j in $$(seq 1 $$i); do echo "--- pytest -m '$$(cat $$dir/$$j.mark)':"; cat "$$dir/$$j.log"; done; \
 	rm -rf "$$dir"; exit $$rc
 
 test-fast: setup

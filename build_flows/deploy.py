@@ -77,7 +77,10 @@ def io_shape_from_graph(model) -> dict:
     oshape = tuple(model.get_tensor_shape(model.graph.output[0].name))
     ifold = tuple(int(d) for d in first.get_folded_input_shape())
     ofold = tuple(int(d) for d in last.get_folded_output_shape())
-    return {
+    h, w, c = IMAGE_SHAPE
+    # a network without convs (an FC net) keeps the NCHW input: the driver transposes the images it is given
+    layout = {"input_layout": "NCHW"} if ishape[1:] == (c, h, w) and ishape[1:] != IMAGE_SHAPE else {}
+    return {**layout,
         "idt": [f"DataType['{idt.name}']"],
         "idma_names": ["idma0"],
         "ishape_normal": [list(ishape)],

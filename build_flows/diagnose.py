@@ -223,18 +223,37 @@ def check_build(out_dir, step: str) -> None:
         raise BnnflowError(message)
 
 
+def _first_sentence(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return (text.split(". ")[0].rstrip(".")[:200]) or "no message"
+
+
+def _user_step_failure(state: dict, failed: str, exc: BaseException) -> str | None:
+    """Any other step failing on a user's network: one sentence (bnnflow's own models fail loudly)."""
+    if "user_model" not in state and "user_onnx" not in state:
+        return None
+    from bnnflow.model_ref import shown
+
+    return (f"FINN's step {failed} failed on this network ({type(exc).__name__}: {shown(_first_sentence(exc), 200)}), "
+            "which bnnflow has no diagnosis for: try 'bnnflow fold' and build with its folding, or report it with "
+            "the build folder's build_state.json.")
+
+
 def diagnose_failure(out_dir, exc: BaseException) -> str | None:
-    """A step from HW conversion to the dataflow partition raised: the diagnosis of the graph it started from."""
+    """A step from HW conversion to the dataflow partition raised: the diagnosis of the graph it started from;
+    any step failing on a user's network: one sentence saying which (None: let it raise)."""
     from qonnx.core.modelwrapper import ModelWrapper
 
     from . import flow
 
-    failed = (flow.BuildState(out_dir, strict=False).data or {}).get("failed", {}).get("step")
+    data = flow.BuildState(out_dir, strict=False).data or {}
+    failed = data.get("failed", {}).get("step")
     lo, hi = flow.step_index(flow.CONVERT_STEP), flow.step_index("create_dataflow_partition")
-    if failed not in flow.STEP_NAMES or not lo <= flow.step_index(failed) <= hi:
+    if failed not in flow.STEP_NAMES:
         return None
     before = flow.intermediate_path(out_dir, flow.STEP_NAMES[flow.step_index(failed) - 1])
-    if not before.is_file():
-        return None
+    if not lo <= flow.step_index(failed) <= hi or not before.is_file():
+        return _user_step_failure(data, failed, exc)
     ops = FLOAT_OPS if failed == flow.CONVERT_STEP else None  # streamlined: only what should be gone
-    return diagnose(ModelWrapper(str(before)), f"when step {failed} failed ({type(exc).__name__})", ops)
+    return diagnose(ModelWrapper(str(before)), f"when step {failed} failed ({type(exc).__name__})", ops) or \
+        _user_step_failure(data, failed, exc)

@@ -81,7 +81,7 @@ class BuildIdentity:
     """What a build folder holds. Saved in build_state.json under "identity".
 
     source: where the network comes from ("zoo:MODEL" for bnnflow's own models).
-    weights: "sha256:<hex>" of the checkpoint, or "random:seed=N".
+    weights: "sha256:<hex>" of the checkpoint, or "random:seed=N;calibration=V".
     folding: "sha256:<hex>" of the folding config, "auto", or "target_fps:N".
     budget: "lut=<share>,bram=<share>" the fit is judged against.
     """
@@ -125,9 +125,14 @@ class BuildIdentity:
                          for f in fields)
 
 
+# models.checkpoint.calibrate's version, part of a random-weight build's identity: builds calibrated by an
+# older version (BN statistics from the default momentum) are rebuilt, never reused
+CALIBRATION_VERSION = 2
+
+
 def weights_id(checkpoint: Path | None, seed: int) -> str:
     if checkpoint is None:
-        return f"random:seed={seed}"
+        return f"random:seed={seed};calibration={CALIBRATION_VERSION}"
     return f"sha256:{file_sha256(checkpoint)}" if Path(checkpoint).is_file() else f"missing:{Path(checkpoint).name}"
 
 

@@ -96,6 +96,32 @@ def step_insert_topk(model, cfg):
     return model
 
 
+def step_target_fps_parallelization(model, cfg):
+    """FINN's target-FPS folding, then each MVAU_hls raised to the least SIMD dividing MW that its HLS code
+    generation accepts (SIMD >= MW / 1024): SetFolding ignores that limit, so a wide classifier input (a
+    user's FC net, MW 3072) folded fine and then failed in hw_codegen."""
+    import finn.builder.build_dataflow_steps as finn_steps
+    from qonnx.custom_op.registry import getCustomOp
+
+    from .folding_check import hls_mvau_min_simd
+
+    model = finn_steps.step_target_fps_parallelization(model, cfg)
+    raised = {}
+    for node in model.get_nodes_by_op_type("MVAU_hls"):
+        inst = getCustomOp(node)
+        mw, simd = inst.get_nodeattr("MW"), inst.get_nodeattr("SIMD")
+        if simd < hls_mvau_min_simd(mw):
+            raised[node.name] = next(d for d in range(hls_mvau_min_simd(mw), mw + 1) if mw % d == 0)
+            inst.set_nodeattr("SIMD", raised[node.name])
+    report = cfg.get_report_directory() / "auto_folding_config.json"
+    if raised and report.is_file():  # the folding FINN wrote out is the folding built
+        config = json.loads(report.read_text())
+        for name, simd in raised.items():
+            config.setdefault(name, {})["SIMD"] = simd
+        report.write_text(json.dumps(config, indent=2))
+    return model
+
+
 def step_minimize_bit_width_xnor_safe(model, cfg):
     """FINN's bit-width minimisation with XNOR accumulators sized from the popcount range."""
     model = model.transform(MinimizeWeightBitWidth())

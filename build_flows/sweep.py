@@ -26,6 +26,7 @@ from pathlib import Path
 from bnnflow.atomic import write_json
 from bnnflow.errors import BnnflowError
 
+from .sweep_archive import ARCHIVE, make_probe, run_remote, unpack
 from .sweep_cluster import ClusterSpec, connect
 from .sweep_spec import DesignPoint
 
@@ -146,16 +147,28 @@ def identity_row(p: DesignPoint) -> dict:
 def run_sweep(points: list[DesignPoint], root: Path, spec: ClusterSpec, *, hashed: bool = True, force: bool = False,
               retries: int = 1, priority: Callable[[DesignPoint], float] | None = None,
               on_row: Callable[[dict], None] | None = None, on_counts: Callable[[dict], None] | None = None,
-              task: Callable = run_point) -> dict:
+              task: Callable = run_point, shared: bool | None = None) -> dict:
     """Run every point (cached ones are read, not submitted); the rows in point order and the wall time.
 
     on_row(row) as each point ends; on_counts({"done", "cached", "running", "queued", "failed", "total"})
-    whenever they change. `task` is run_point; tests swap in stand-ins for its failure modes."""
+    whenever they change. `task` is run_point; tests swap in stand-ins for its failure modes.
+    shared: False returns every folder as an archive (sweep_archive.py); None: where a worker cannot see `root`."""
     root = Path(root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
     keys = [point_key(p) for p in points]
     folders = [root / folder_name(p, k, hashed) for p, k in zip(points, keys)]
+    return run_points(points, keys, folders, spec, describe=identity_row, task=task, force=force, retries=retries,
+                      priority=priority, on_row=on_row, on_counts=on_counts, shared=shared)
+
+
+def run_points(points: list, keys: list[str], folders: list[Path], spec: ClusterSpec, *, describe: Callable,
+               task: Callable, force: bool = False, retries: int = 1, priority: Callable | None = None,
+               on_row: Callable | None = None, on_counts: Callable | None = None, shared: bool | None = None) -> dict:
+    """run_sweep for any kind of point: design points here, training points (sweep_train.py).
+
+    describe(point): the identity columns of its row (a failed point's row has nothing else)."""
+    root = folders[0].parent if folders else Path(".")
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
     rows: list[dict | None] = [None] * len(points)
     for i, (k, f) in enumerate(zip(keys, folders)):
         cached = None if force else cached_row(f, k)
@@ -174,42 +187,62 @@ def run_sweep(points: list[DesignPoint], root: Path, spec: ClusterSpec, *, hashe
                     row = task(points[i].as_dict(), str(folders[i]), keys[i], force)
                     break
                 except Exception as exc:  # noqa: BLE001 - reported as the point's result, like a worker's
-                    row = _failed_row(points[i], folders[i], keys[i], "failed", exc)
+                    row = _failed_row(describe(points[i]), folders[i], keys[i], "failed", exc)
             tracker.finish(i, row)
     elif todo:
-        with connect(spec) as client:
-            _run_on(client, todo, points, folders, keys, force, retries, task, tracker)
+        probe, token = (None, None) if shared is False else make_probe(root)
+        try:
+            with connect(spec) as client:
+                _run_on(client, todo, points, folders, keys, force, retries, task, tracker, describe, (probe, token))
+        finally:
+            if probe is not None:
+                probe.unlink(missing_ok=True)
     return {"rows": rows, "wall_seconds": round(time.time() - t0, 1)}
 
 
-def _run_on(client, todo, points, folders, keys, force, retries, task, tracker) -> None:
+def _run_on(client, todo, points, folders, keys, force, retries, task, tracker, describe, probe) -> None:
     from distributed import KilledWorker
 
-    futures = {i: client.submit(task, points[i].as_dict(), str(folders[i]), keys[i], force, pure=False,
-                                retries=retries, priority=len(todo) - n, key=f"bnnflow-point-{keys[i][:16]}-{n}")
+    where = (str(probe[0]) if probe[0] else None, probe[1])
+    futures = {i: client.submit(run_remote, task, points[i].as_dict(), str(folders[i]), keys[i], force, *where,
+                                pure=False, retries=retries, priority=len(todo) - n,
+                                key=f"bnnflow-point-{keys[i][:16]}-{n}")
                for n, i in enumerate(todo)}
     while futures:
         for i, fut in list(futures.items()):
             if fut.status == "finished":
-                tracker.finish(i, fut.result())
+                tracker.finish(i, _received(fut.result(), describe(points[i]), folders[i], keys[i]))
             # ("lost": a finished result died with its worker, and Dask computes it again)
             elif fut.status in ("error", "cancelled"):
                 exc = fut.exception() if fut.status == "error" else None
                 lost = fut.status == "cancelled" or isinstance(exc, KilledWorker)
-                tracker.finish(i, _failed_row(points[i], folders[i], keys[i], "lost" if lost else "failed",
+                tracker.finish(i, _failed_row(describe(points[i]), folders[i], keys[i], "lost" if lost else "failed",
                                               exc or RuntimeError(f"the scheduler reports the task {fut.status}")))
             else:
                 continue
+            fut.release()  # an archive's bytes need not stay in the cluster's memory
             del futures[i]
         if futures:
             if client.status not in ("running", "connecting"):  # the scheduler went away: say which points
                 for i in list(futures):
-                    tracker.finish(i, _failed_row(points[i], folders[i], keys[i], "lost",
+                    tracker.finish(i, _failed_row(describe(points[i]), folders[i], keys[i], "lost",
                                                   RuntimeError(f"the Dask client is {client.status}")))
                 break
             running = _running(client, {futures[i].key for i in futures})
             tracker.report(running=running)
             time.sleep(0.25)
+
+
+def _received(row: dict, base: dict, folder: Path, key: str) -> dict:
+    """A worker's row; a folder it sent as an archive unpacked into place first."""
+    data = row.pop(ARCHIVE, None)
+    if data is None:
+        return row
+    try:
+        unpack(data, folder)
+    except BnnflowError as exc:
+        return _failed_row(base, folder, key, "failed", exc)
+    return row
 
 
 def _running(client, keys: set) -> int:
@@ -220,10 +253,10 @@ def _running(client, keys: set) -> int:
     return sum(1 for tasks in processing.values() for k in tasks if k in keys)
 
 
-def _failed_row(p: DesignPoint, folder: Path, key: str, status: str, exc: BaseException) -> dict:
+def _failed_row(base: dict, folder: Path, key: str, status: str, exc: BaseException) -> dict:
     message = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return {**identity_row(p), "accuracy": None, "out": str(folder), "key": key, "status": status,
-            "error": message, "cached": False, "seconds": 0.0}
+    return {**base, "accuracy": None, "out": str(folder), "key": key, "status": status, "error": message,
+            "cached": False, "seconds": 0.0}
 
 
 class _Tracker:

@@ -23,6 +23,7 @@ POINT_MEMORY = 2 * 1024 ** 3  # an estimate-only build of the default models pea
 # worker that dies (out of memory) takes only its own point down, not one merely waiting there; an external
 # scheduler needs the same (DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION=1.0)
 SCHEDULER_CONFIG = {"distributed.scheduler.worker-saturation": 1.0}
+CONNECT_SECONDS = 10  # the TCP knock, then Dask's handshake: an unreachable scheduler ends within ~20 s
 FORWARDED_ENV = ("BNNFLOW_DATA", "BNNFLOW_HLS_DEPS", "FINN_XILINX_PATH", "FINN_XILINX_VERSION", "XILINX_VIVADO",
                  "XILINX_HLS")
 
@@ -127,6 +128,29 @@ def job_script(spec: ClusterSpec) -> str:
         cluster.close()
 
 
+def _knock(address: str) -> None:
+    """A plain TCP connect first: a closed port or an unknown host fails at once, where Dask's client
+    would retry until its timeout; a host that does not answer fails after CONNECT_SECONDS."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname:
+        return  # other transports (inproc, ucx): Dask's own connect decides
+    try:
+        port = parts.port or 8786  # Dask's default scheduler port
+    except ValueError:
+        raise OSError(f"{address.split(':')[-1]!r} is not a port number") from None
+    try:
+        socket.create_connection((parts.hostname, port), timeout=CONNECT_SECONDS).close()
+    except socket.timeout:
+        raise TimeoutError(f"no answer within {CONNECT_SECONDS} s") from None
+    except socket.gaierror:
+        raise OSError(f"unknown host {parts.hostname}") from None
+    except ConnectionRefusedError:
+        raise OSError(f"nothing listens on port {port} of {parts.hostname}") from None
+
+
 @contextlib.contextmanager
 def connect(spec: ClusterSpec) -> Iterator:
     """A Dask client on the cluster `spec` names; a cluster started here is closed afterwards."""
@@ -136,11 +160,12 @@ def connect(spec: ClusterSpec) -> Iterator:
     spec.check()
     if spec.scheduler:
         try:
-            client = Client(spec.scheduler, timeout="20s")
+            _knock(spec.scheduler)
+            client = Client(spec.scheduler, timeout=f"{CONNECT_SECONDS}s")
         except (OSError, TimeoutError) as exc:
-            raise BnnflowError(f"Cannot reach the Dask scheduler at {spec.scheduler} "
-                               f"({' '.join(str(exc).split()).rstrip('.')}): start it with 'dask scheduler' "
-                               "and its workers with 'dask worker ADDRESS --nthreads 1'.") from None
+            why = " ".join(str(exc).split()).rstrip(".").replace(". ", "; ") or type(exc).__name__
+            raise BnnflowError(f"Cannot reach the Dask scheduler at {spec.scheduler} ({why}): start it with "
+                               "'dask scheduler' and its workers with 'dask worker ADDRESS --nthreads 1'.") from None
         with client:
             yield client
         return

@@ -7,6 +7,9 @@
     points:                     # and/or single points, each with its own keys
       - {model: densenet, variant: small, board: zcu104}
 
+A file with a `train:` section (its own grid and/or points) is a training sweep instead: see
+sweep_train_spec.py.
+
 A point's keys (all but `model` optional):
   model, variant           a zoo network and its variant (`bnnflow models`); default variant "default"
   board                    a board (`bnnflow boards`); default pynq-z2
@@ -32,7 +35,7 @@ from pathlib import Path
 
 from bnnflow.errors import BnnflowError
 
-TOP_KEYS = ("grid", "points")
+TOP_KEYS = ("grid", "points", "train")
 ESTIMATE_STEP = "generate_estimate_reports"  # = flow.ESTIMATE_STEP (flow imports FINN; this module must not)
 FOLDING_WORDS = ("committed", "auto")
 WEIGHT_WORDS = ("committed", "random")
@@ -66,8 +69,9 @@ class DesignPoint:
 KEYS = tuple(f.name for f in fields(DesignPoint))
 
 
-def load_sweep(path: str | Path, check_steps: tuple[str, ...] | None = None) -> list[DesignPoint]:
-    """The design points of a sweep file, in file order (grid first), each once.
+def load_sweep(path: str | Path, check_steps: tuple[str, ...] | None = None) -> list:
+    """The points of a sweep file, in file order (grid first), each once: DesignPoints, or TrainPoints
+    (sweep_train_spec.py) for a file with a 'train' section.
 
     check_steps: the build's step names (flow.STEP_NAMES) that `stop_after` must be one of."""
     path = Path(path)
@@ -76,28 +80,53 @@ def load_sweep(path: str | Path, check_steps: tuple[str, ...] | None = None) -> 
     return parse_sweep(path.read_text(errors="replace"), path, check_steps)
 
 
-def parse_sweep(text: str, path: Path, check_steps: tuple[str, ...] | None = None) -> list[DesignPoint]:
+def parse_sweep(text: str, path: Path, check_steps: tuple[str, ...] | None = None) -> list:
     data = _load(text, path)
     where = f"Sweep file {path}"
     if not isinstance(data, dict) or not data:
         raise BnnflowError(f"{where} must be a mapping with 'grid' and/or 'points', not {_kind(data)}.")
     unknown = [str(k) for k in data if k not in TOP_KEYS]
     if unknown:
-        raise BnnflowError(f"{where} has unknown top-level key {unknown[0]!r}: use 'grid' and/or 'points'.")
-    raw: list[tuple[str, dict]] = []
-    if "grid" in data:
-        raw += [("the grid", p) for p in _grid_points(data["grid"], where)]
-    if "points" in data:
-        points = data["points"]
-        if not isinstance(points, list) or not points:
-            raise BnnflowError(f"{where}: 'points' must be a non-empty list of mappings, not {_kind(points)}.")
-        raw += [(f"point {i + 1}", p) for i, p in enumerate(points)]
+        raise BnnflowError(f"{where} has unknown top-level key {unknown[0]!r}: use 'grid' and/or 'points' "
+                           "(design points), or 'train' (training points).")
+    if "train" in data:
+        return _train_points(data, where, path.parent)
     out: list[DesignPoint] = []
-    for what, p in raw:
+    for what, p in _raw_points(data, where, ""):
         point = _point(p, f"{where}, {what}", path.parent, check_steps)
         if point not in out:
             out.append(point)
     return out
+
+
+def _train_points(data: dict, where: str, base: Path) -> list:
+    from .sweep_train_spec import train_point
+
+    if len(data) > 1:
+        raise BnnflowError(f"{where} has both design points and a 'train' section: put the training points in a "
+                           "file of their own.")
+    section = data["train"]
+    if not isinstance(section, dict) or not section or any(k not in ("grid", "points") for k in section):
+        raise BnnflowError(f"{where}: 'train' must be a mapping with 'grid' and/or 'points', not {_kind(section)}.")
+    out: list = []
+    for what, p in _raw_points(section, where, "training "):
+        point = train_point(p, f"{where}, {what}", base)
+        if point not in out:
+            out.append(point)
+    return out
+
+
+def _raw_points(section: dict, where: str, kind: str) -> list[tuple[str, dict]]:
+    """(where in the file, mapping) of a section's grid combinations, then its single points."""
+    raw: list[tuple[str, dict]] = []
+    if "grid" in section:
+        raw += [(f"the {kind}grid", p) for p in _grid_points(section["grid"], where)]
+    if "points" in section:
+        points = section["points"]
+        if not isinstance(points, list) or not points:
+            raise BnnflowError(f"{where}: 'points' must be a non-empty list of mappings, not {_kind(points)}.")
+        raw += [(f"{kind}point {i + 1}", p) for i, p in enumerate(points)]
+    return raw
 
 
 def _load(text: str, path: Path):

@@ -86,13 +86,23 @@ def calibrate(net: nn.Module, images: np.ndarray, batches: int = 4, batch_size: 
     """Give an untrained net realistic BN statistics and activation scales from real images.
 
     Random-weight builds are then non-degenerate (thresholds inside the value range), which
-    makes verification meaningful before any training.
+    makes verification meaningful before any training. The running statistics are the plain
+    average over the batches (momentum None): with the default momentum, 4 batches leave them
+    a third of the way from their initial 0/1, and BinaryDenseNet then predicted 2 classes. Changing this changes
+    every random-weight build: bump build_flows.identity.CALIBRATION_VERSION.
     """
     g = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
     net.train()
     with torch.no_grad():
         for _ in range(batches):
             idx = torch.randint(0, len(x), (batch_size,), generator=g)
             net(x[idx])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
     return net.eval()

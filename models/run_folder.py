@@ -150,6 +150,7 @@ def write_run_json(out: Path, run_info: dict, history: list[dict] | None = None,
     """run.json: "running" while epochs run (history None), then finished/stopped with the selected epoch."""
     from bnnflow.atomic import write_json
 
+    run_info = as_run(run_info)
     if history is None:
         write_json(out / "run.json", {**run_info, "status": "running"})
         return
@@ -158,3 +159,12 @@ def write_run_json(out: Path, run_info: dict, history: list[dict] | None = None,
                                   "epochs_done": len(history), "best_epoch": best_row["epoch"],
                                   "best_val_top1": best_row.get("val_top1"),
                                   "best_test_top1": best_row["test_top1"]})
+
+
+def as_run(run_info: dict) -> dict:
+    """run_info with the engine as it ran: torchrun's processes never compile (train.py: torch.compile
+    does not trace the global batch norm's all-reduce), whatever --compile asked for."""
+    engine = run_info.get("engine")
+    if run_info.get("processes", 1) > 1 and isinstance(engine, dict) and engine.get("compile"):
+        return {**run_info, "engine": {**engine, "compile": False}}
+    return run_info

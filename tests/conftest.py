@@ -94,8 +94,8 @@ def copy_build(src: Path, dst: Path) -> Path:
 # ------------------------------------------------------------------ FINN builds, once per session
 #
 # Every fixture below runs the FINN flow (or sits on one that does); tests using them are marked
-# `build` automatically (pytest_collection_modifyitems), so `make test-fast` (-m "not slow and not build")
-# leaves them out. The folders are shared and read-only: a test that changes one takes a copy_build first
+# `build` and `shared_builds` automatically (pytest_collection_modifyitems): `make test-fast`
+# (-m "not slow and not build") leaves them out, `make test` runs them in one session (built once). The folders are shared and read-only: a test that changes one takes a copy_build first
 # (a session-end check names any file changed in place).
 
 BUILD_FIXTURES = frozenset({"tiny_build", "tiny_cnv", "tiny_cnv_build", "tiny_specialised", "tiny_fold",
@@ -107,6 +107,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if BUILD_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.build)
+            item.add_marker(pytest.mark.shared_builds)
 
 
 def _fingerprint(folder: Path) -> dict[str, tuple[int, int]]:
@@ -200,18 +201,16 @@ def _random_default_build(folder: Path, model: str) -> bool:
     """Does `folder` (`bnnflow benchmark`'s) hold model/default for the pynq-z2 with random weights (seed 0),
     built at least to specialize_layers? Read from its build_state.json, never changed."""
     from bnnflow.build_flows import flow
+    from bnnflow.build_flows.identity import weights_id
 
     try:
         data = flow.BuildState(folder).data
         if SPECIALISED_STEP not in data.get("done", []) or \
                 not flow.intermediate_path(folder, SPECIALISED_STEP).is_file():
             return False
-        ident = data.get("identity")
-        if ident is not None:  # the saved BuildIdentity
-            return (ident.get("source"), ident.get("variant"), ident.get("board"), ident.get("weights")) == \
-                (f"zoo:{model}", "default", "pynq-z2", "random:seed=0")
-        return (data.get("model"), data.get("variant"), data.get("board"), data.get("checkpoint"),
-                data.get("seed", 0)) == (model, "default", "pynq-z2", None, 0)
+        ident = data["identity"]  # a build without one predates the current calibration
+        return (ident.get("source"), ident.get("variant"), ident.get("board"), ident.get("weights")) == \
+            (f"zoo:{model}", "default", "pynq-z2", weights_id(None, 0))
     except Exception:  # a damaged or foreign folder: build our own
         return False
 

@@ -28,13 +28,17 @@ def _state(run) -> dict:
 def test_torchrun_two_processes_equal_one(tmp_path, cifar_train):
     assert main([*RUN, "--out", str(tmp_path / "single")]) == 0
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    # --compile asked for (the default): torchrun's processes do not compile, and run.json must say so
+    ddp_run = [a for a in RUN if a != "--no-compile"]
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "bnnflow", *RUN, "--out", str(tmp_path / "ddp")], capture_output=True, text=True,
+                          "-m", "bnnflow", *ddp_run, "--out", str(tmp_path / "ddp")], capture_output=True, text=True,
                          cwd=tmp_path, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("Training cnv/tiny") == 1  # rank 0 speaks, rank 1 is quiet
     run = json.loads((tmp_path / "ddp" / "run.json").read_text())
     assert run["processes"] == 2 and run["status"] == "finished", run
+    assert run["engine"]["compile"] is False, run["engine"]
+    assert ", compiled" not in res.stdout
 
     single, single_log = _state(tmp_path / "single")
     ddp, ddp_log = _state(tmp_path / "ddp")
@@ -54,3 +58,16 @@ def test_torchrun_two_processes_equal_one(tmp_path, cifar_train):
     for a, b in zip(single_log, ddp_log, strict=True):  # the global batch's loss and top-1, epoch by epoch
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
         assert (b["train_top1"], b["val_top1"], b["test_top1"]) == (a["train_top1"], a["val_top1"], a["test_top1"])
+
+
+def test_run_json_records_no_compile_under_torchrun(tmp_path):
+    """run.json says how the steps ran: several torchrun processes never compile, one process as asked."""
+    from bnnflow.models.run_folder import write_run_json
+
+    engine = {"engine": "fast", "bf16": False, "compile": True}
+    write_run_json(tmp_path, {"engine": engine, "processes": 2})
+    assert json.loads((tmp_path / "run.json").read_text())["engine"] == {**engine, "compile": False}
+    write_run_json(tmp_path, {"engine": engine, "processes": 2}, [{"epoch": 1, "test_top1": 0.5}], done=True)
+    assert json.loads((tmp_path / "run.json").read_text())["engine"]["compile"] is False
+    write_run_json(tmp_path, {"engine": engine})
+    assert json.loads((tmp_path / "run.json").read_text())["engine"]["compile"] is True

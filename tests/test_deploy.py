@@ -172,7 +172,7 @@ def test_one_command_builds_then_packages(package, tmp_path, monkeypatch, capsys
     ckpt = tmp_path / "other.pt"
     ckpt.write_bytes(b"x")
     assert main(["deploy", "cnv", "--variant", "tiny", "--checkpoint", str(ckpt)]) == 2
-    assert "weights random:seed=0, not sha256:" in one_sentence(capsys.readouterr().err)
+    assert "weights random:seed=0;calibration=2, not sha256:" in one_sentence(capsys.readouterr().err)
 
 
 def test_cli_import_stays_light():

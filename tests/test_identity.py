@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnnflow.build_flows.identity import (AUTO_FOLDING, BuildIdentity, BuildRequest, folding_id, request_identity,
-                                          saved_identity)
+from bnnflow.build_flows.identity import (AUTO_FOLDING, CALIBRATION_VERSION, BuildIdentity, BuildRequest,
+                                          folding_id, request_identity, saved_identity, weights_id)
 from bnnflow.hw.boards import get_board
 
 
@@ -55,7 +55,7 @@ def test_request_identity_hashes_weights_and_folding(tmp_path):
     assert a.weights.startswith("sha256:") and a.folding.startswith("sha256:")
     ckpt.write_bytes(b"other weights")
     assert request_identity(BuildRequest("cnv", "tiny", checkpoint=ckpt), board, fold).weights != a.weights
-    assert request_identity(BuildRequest("cnv", "tiny", seed=3), board, None).weights == "random:seed=3"
+    assert request_identity(BuildRequest("cnv", "tiny", seed=3), board, None).weights == f"random:seed=3;calibration={CALIBRATION_VERSION}"
     assert request_identity(BuildRequest("cnv", "tiny", target_fps=500), board, None).folding == "target_fps:500"
     assert folding_id(Path(AUTO_FOLDING), None) == "auto"
     assert request_identity(BuildRequest("cnv", "tiny", lut_max=0.5), board, None).budget == "lut=0.5,bram=0.95"
@@ -67,7 +67,8 @@ def test_builds_from_before_the_identity_are_read_from_their_fields(tmp_path):
     old = {"model": "cnv", "variant": "tiny", "board": "pynq-z2", "done": [], "checkpoint": None, "seed": 2,
            "folding": str(fold), "target_fps": None}
     have = saved_identity(old)
-    assert have == ident(weights="random:seed=2", folding=folding_id(fold, None))
+    # random weights from before the identity: the first calibration, so never today's weights_id(None, 2)
+    assert have == ident(weights="random:seed=2", folding=folding_id(fold, None)) and have.weights != weights_id(None, 2)
     assert saved_identity({}) is None
 
 
@@ -109,7 +110,7 @@ def test_weights_mismatch_is_refused_and_any_weights_takes_the_folders(cnv_copy)
     from bnnflow.build_flows.build import ensure_build
 
     msg = _error(lambda: ensure_build(BuildRequest("cnv", "tiny", seed=7, out=cnv_copy), flow.ESTIMATE_STEP))
-    assert "weights random:seed=0, not random:seed=7" in msg and "--force" in msg
+    assert f"weights {weights_id(None, 0)}, not {weights_id(None, 7)}" in msg and "--force" in msg
     out, reused, _ = ensure_build(BuildRequest("cnv", "tiny", seed=7, out=cnv_copy, any_weights=True),
                                   flow.ESTIMATE_STEP)
     assert reused and out == cnv_copy.resolve()

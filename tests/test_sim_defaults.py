@@ -3,7 +3,8 @@
 The command a user runs, in a fresh build folder: CNV-W1A1 default (random weights) on 3 images,
 ResNetE default (the committed checkpoint) and BinaryDenseNet default (random weights) on 2 each.
 Every HLS node must run as its cppsim binary, every RTL node in Verilator, every tensor must equal the
-functional model's and the cppsim logits Brevitas's, image by image.
+functional model's and the cppsim logits Brevitas's, image by image. The stages before cppsim run on
+100 images each: the README's verify table of the default models is this test's.
 
 Marked `simdefaults` (and `slow`): the compiles take minutes on 2 cores, less with a warm compiler
 cache ($BNNFLOW_CCACHE_DIR, build_flows/sim_ccache.py), so `make test` can run them beside the rest.
@@ -28,6 +29,7 @@ pytestmark = [pytest.mark.simdefaults, pytest.mark.slow, pytest.mark.build]
 
 # model -> images through --sim (at least 3 for CNV, 2 for the others: issue 11)
 IMAGES = {"cnv": 3, "resnete": 2, "densenet": 2}
+VERIFY_IMAGES = 100  # through every stage before cppsim
 HLS_KINDS = {cppsim.HLS, *cppsim.HLS_REIMPLEMENTED.values()}
 RTL_KINDS = {verilator_sim.RTL, verilator_sim.PATCHED}
 
@@ -54,7 +56,7 @@ def sim_run(tmp_path_factory):
             n = IMAGES[model]
             t0 = time.time()
             r = subprocess.run([sys.executable, "-m", "bnnflow", "verify", model, "--build", str(out),
-                                "--images", str(n), "--sim", str(n), "--data", str(shared_npz("test").parent)],
+                                "--images", str(VERIFY_IMAGES), "--sim", str(n), "--data", str(shared_npz("test").parent)],
                                capture_output=True, text=True, env={**os.environ, "COLUMNS": "160"})
             seconds = time.time() - t0
             (out.parent / f"{model}.log").write_text(r.stdout + r.stderr)  # kept for the timings
@@ -75,8 +77,12 @@ def test_verify_sim_default_model(sim_run, model):
     n = IMAGES[model]
     print(f"{model}: verify --sim {n} took {seconds:.0f} s")
     assert result["all_identical"], result["stages"]
-    stage = next(s for s in result["stages"] if s["stage"] == CPPSIM_STAGE)
-    assert stage["images"] == n and stage["identical_integer_logits"] == n and stage["same_top1"] == n
+    # the README's verify table: identical integer logits and top-1 on every image of every stage
+    print(f"| {model} | {VERIFY_IMAGES} | " + " | ".join(f"{s['stage']}: {s['identical_integer_logits']}/{s['images']}"
+                                                     for s in result["stages"]) + " |")
+    for s in result["stages"]:
+        m = n if s["stage"] == CPPSIM_STAGE else VERIFY_IMAGES
+        assert s["images"] == m and s["identical_integer_logits"] == m and s["same_top1"] == m, s
     info = result["cppsim"]
     assert "skipped" not in info, info.get("skipped")
     child = ModelWrapper(str(flow.intermediate_path(out, FOLDED_STEP)))

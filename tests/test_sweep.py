@@ -365,3 +365,274 @@ def test_in_process_sweep_retries_and_reports(tmp_path):
     rows = run_sweep(points, tmp_path, ClusterSpec(jobs=1), retries=2, task=_raising_task)["rows"]
     assert [r["status"] for r in rows] == ["failed", "done"] and "a bug in the flow" in rows[0]["error"]
     assert len((Path(rows[0]["out"]) / "attempts").read_text()) == 3
+
+
+# ------------------------------------------------------------------ an unreachable scheduler
+
+
+def test_unreachable_scheduler_one_sentence_quickly(tmp_path, capsys):
+    import socket
+
+    from bnnflow.cli import main
+
+    with socket.socket() as s:  # a port that was just free: nothing listens there now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sweep_file = _write(tmp_path / "s.yaml", "train: {points: [{model: cnv, variant: tiny}]}\n")
+    t0 = time.time()
+    assert main(["sweep", str(sweep_file), "--build", str(tmp_path / "b"), "--scheduler",
+                 f"tcp://127.0.0.1:{port}"]) == 2
+    assert time.time() - t0 < 20
+    msg = one_sentence(capsys.readouterr().err)
+    assert f"Cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in msg and "dask scheduler" in msg
+    assert not list((tmp_path / "b").glob(".bnnflow-probe-*"))  # the probe file is cleaned up
+
+
+# ------------------------------------------------------------------ training points in a sweep file
+
+
+TRAIN_VALUES = {
+    "model": ["cnv", "resnete", "densenet"],
+    "variant": ["small", "default"],
+    "optimizer": ["adam", "sgd", "psi"],
+    "lr": [None, 0.002, 0.1, 1],
+    "seed": [0, 1, 5],
+    "epochs": [1, 3, 150],
+    "batch_size": [2, 32, 128],
+    "recu": [False, True],
+    "engine": ["fast", "brevitas"],
+    "bf16": [None, True, False],
+    "compile": [True, False],
+    "label_smoothing": [0.0, 0.1],
+    "weight_decay": [0, 1e-5],
+    "subset": [None, 64],
+    "val_size": [0, 64, 5000],
+}
+
+
+@st.composite
+def train_grids(draw):
+    keys = ["model"] + draw(st.lists(st.sampled_from(list(TRAIN_VALUES)[1:]), unique=True, max_size=6))
+    grid = {}
+    for k in keys:
+        values = draw(st.lists(st.sampled_from(TRAIN_VALUES[k]), min_size=1, max_size=3, unique_by=repr))
+        grid[k] = values[0] if len(values) == 1 and draw(st.booleans()) else values
+    return grid
+
+
+def _train_point(**values):
+    """The point a file's mapping names: floats as floats, lr spelt out as the optimizer's default."""
+    from bnnflow.build_flows.sweep_train_spec import FLOATS, TrainPoint
+    from bnnflow.models.train_config import DEFAULT_LR
+
+    values = {k: float(v) if k in FLOATS and v is not None else v for k, v in values.items()}
+    p = TrainPoint(**values)
+    return TrainPoint(**{**p.as_dict(), "lr": p.lr if p.lr is not None else DEFAULT_LR[p.optimizer]})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(grid=train_grids(), suffix=st.sampled_from([".yaml", ".json"]))
+def test_train_grid_is_every_combination(grid, suffix):
+    points = _parse({"train": {"grid": grid}}, suffix)
+    axes = {k: v if isinstance(v, list) else [v] for k, v in grid.items()}
+    want = list(dict.fromkeys(_train_point(**dict(zip(axes, combo))) for combo in itertools.product(*axes.values())))
+    assert points == want  # every combination once, in order; lr unset or spelt out is one point
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(grid=train_grids())
+def test_train_point_is_the_command_line_it_runs(grid):
+    """A point's `bnnflow train` arguments parse back to the point's recipe, every option explicit."""
+    from dataclasses import fields
+
+    from bnnflow.cli import parser
+    from bnnflow.models.train_config import config_from_args
+
+    for point in _parse({"train": {"grid": grid}}):
+        cfg = config_from_args(parser().parse_args(["train", *point.train_args()]))
+        assert {f.name: getattr(cfg, f.name) for f in fields(point)} == point.as_dict()
+
+
+def test_train_point_defaults_are_trains():
+    from dataclasses import fields
+
+    from bnnflow.build_flows.sweep_train_spec import TrainPoint
+    from bnnflow.models.train_config import TrainConfig
+
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    assert all(f.default == defaults[f.name] for f in fields(TrainPoint))
+
+
+@settings(max_examples=150, deadline=None)
+@given(section=JSONISH | st.dictionaries(st.sampled_from(["grid", "points"]), JSONISH, min_size=1)
+       | st.fixed_dictionaries({"grid": st.dictionaries(st.sampled_from(list(TRAIN_VALUES) + ["lr_max"]), JSONISH,
+                                                        min_size=1)}))
+def test_any_train_section_gives_points_or_one_sentence(section):
+    from bnnflow.build_flows.sweep_train_spec import TrainPoint
+
+    try:
+        points = _parse({"train": section}, ".json")
+    except BnnflowError as exc:
+        one_sentence(exc)
+        assert str(exc).startswith("Sweep file ")
+        return
+    assert points and all(isinstance(p, TrainPoint) and p.model in TRAIN_VALUES["model"] for p in points)
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"train": {"grid": {"model": "cnv", "lr_max": 1}}}, ["training grid has unknown key 'lr_max'", "epochs"]),
+    ({"train": {"points": [{"model": "cnv", "optimizer": "rmsprop"}]}}, ["training point 1", "unknown optimizer"]),
+    ({"train": {"grid": {"model": "cnv", "epochs": 0}}}, ["--epochs must be at least 1, got 0"]),
+    ({"train": {"grid": {"model": "cnv", "batch_size": 1}}}, ["--batch-size must be at least 2"]),
+    ({"train": {"grid": {"model": "cnv", "seed": "one"}}}, ["seed must be a whole number"]),
+    ({"train": {"grid": {"model": "cnv", "recu": "yes"}}}, ["recu must be true or false"]),
+    ({"train": {"grid": {"model": "cnv", "variant": "huge"}}}, ["unknown variant 'huge' of cnv"]),
+    ({"train": {"grid": {"model": "cnv", "data": "nothere"}}}, ["data 'nothere' is neither"]),
+    ({"train": {"grid": {"model": "cnv"}}, "grid": {"model": "cnv"}}, ["both design points and a 'train'"]),
+    ({"train": [1]}, ["'train' must be a mapping with 'grid' and/or 'points'"]),
+    ({"train": {"points": [{"epochs": 3}]}}, ["training point 1 names no model"]),
+])
+def test_bad_train_section_names_the_problem(data, words):
+    with pytest.raises(BnnflowError) as err:
+        _parse(data)
+    msg = one_sentence(err.value)
+    assert all(w in msg for w in words), msg
+
+
+# ------------------------------------------------------------------ folders returned as archives
+
+
+def test_archive_round_trip_replaces_atomically_and_refuses_escapes(tmp_path):
+    import io
+    import tarfile
+
+    from bnnflow.build_flows.sweep_archive import make_probe, pack, sees, unpack
+
+    src = tmp_path / "work" / "pt-1"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "a.txt").write_text("new")
+    dest = tmp_path / "root" / "pt-1"
+    (dest / "old").mkdir(parents=True)  # an earlier partial folder is replaced whole
+    unpack(pack(src), dest)
+    assert (dest / "sub" / "a.txt").read_text() == "new" and not (dest / "old").exists()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["pt-1"]  # nothing left beside it
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("../evil.txt")
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(BnnflowError) as err:
+        unpack(buf.getvalue(), tmp_path / "root" / "pt-2")
+    assert "Cannot unpack the archive" in one_sentence(err.value) and not (tmp_path / "evil.txt").exists()
+
+    probe, token = make_probe(tmp_path)
+    assert sees(str(probe), token) and not sees(str(probe), "other") and not sees(None, None)
+    assert not sees(str(tmp_path / "elsewhere"), token)
+
+
+def _writing_task(point, folder, key, force):
+    """A stand-in point: a folder with a few files, its result written last as run_point does."""
+    from bnnflow.atomic import write_json
+    from bnnflow.build_flows.sweep import RESULT_FILE
+
+    out = Path(folder)
+    (out / "sub").mkdir(parents=True, exist_ok=True)
+    (out / "where.txt").write_text(str(out))
+    (out / "sub" / "data.bin").write_bytes(os.urandom(50_000))
+    row = {"model": point["model"], "title": point["model"], "variant": point["variant"], "status": "done",
+           "error": None, "out": str(out), "key": key}
+    write_json(out / RESULT_FILE, {"key": key, "row": row})
+    return {**row, "cached": False, "seconds": 0.0}
+
+
+def test_workers_without_the_folder_return_archives(stand_in_tasks, tmp_path):
+    """Workers writing to a private scratch folder: each point's folder comes back packed and is unpacked
+    into the sweep's folder; workers that do see the folder (the probe) write there directly."""
+    from distributed import LocalCluster
+
+    from bnnflow.build_flows.sweep import RESULT_FILE, run_sweep
+    from bnnflow.build_flows.sweep_cluster import ClusterSpec
+    from bnnflow.build_flows.sweep_spec import DesignPoint
+
+    private = tmp_path / "private"
+    private.mkdir()
+    points = [DesignPoint("cnv", "tiny"), DesignPoint("resnete", "tiny"), DesignPoint("cnv", "small")]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      env={"BNNFLOW_SWEEP_SCRATCH": str(private)}) as cluster:
+        spec = ClusterSpec(scheduler=cluster.scheduler_address)
+        rows = run_sweep(points, tmp_path / "root", spec, task=_writing_task, shared=False)["rows"]
+        assert [r["status"] for r in rows] == ["done"] * 3
+        for r in rows:
+            out = Path(r["out"])
+            assert out.parent == tmp_path / "root" and (out / "sub" / "data.bin").stat().st_size == 50_000
+            assert (out / "where.txt").read_text() == str(private / out.name)  # built in the private folder
+            assert json.loads((out / RESULT_FILE).read_text())["row"]["out"] == str(out)
+        assert not [p for p in private.iterdir() if p.is_dir()]  # the workers' copies are gone
+        assert sorted(p.name for p in (tmp_path / "root").iterdir()) == sorted(Path(r["out"]).name for r in rows)
+
+        # the probe: these workers see the folder, so they write into it directly
+        shared = run_sweep(points, tmp_path / "shared", spec, task=_writing_task)["rows"]
+        assert all((Path(r["out"]) / "where.txt").read_text() == r["out"] for r in shared)
+    again = run_sweep(points, tmp_path / "root", ClusterSpec(jobs=2), task=_writing_task, shared=False)["rows"]
+    assert all(r["cached"] for r in again) and [r["out"] for r in again] == [r["out"] for r in rows]
+
+
+# ------------------------------------------------------------------ a real training sweep
+
+
+TRAIN_SWEEP = """\
+train:
+  grid:
+    model: cnv
+    variant: tiny
+    optimizer: sgd
+    epochs: 1
+    batch_size: 32
+    subset: 64
+    val_size: 64
+    test_subset: 100
+    compile: false
+    bf16: false
+    seed: [0, 1]
+  points:
+    - {model: cnv, variant: tiny, epochs: 1, subset: 64, val_size: 64, test_subset: 100, data: empty}
+"""
+
+
+def test_training_sweep_on_two_workers_caches_and_reports(tmp_path, cifar_train, capsys):
+    """2 tiny training points on a 2-worker LocalCluster, one point that cannot find its data: the table,
+    run folders, the failure in one sentence; a re-run reads both finished runs from the cache, and a run
+    whose result file is gone is resumed from its last.pt."""
+    from bnnflow.build_flows.sweep import RESULT_FILE
+    from bnnflow.cli import main
+
+    (tmp_path / "empty").mkdir()
+    sweep_file = _write(tmp_path / "train.yaml", TRAIN_SWEEP)
+    build = tmp_path / "runs"
+    assert main(["sweep", str(sweep_file), "--build", str(build), "--jobs", "2"]) == 2
+    out, err = capsys.readouterr()
+    assert "1 of 3 training points did not finish" in one_sentence(err)
+    table = [line for line in out.splitlines() if line.startswith("| cnv/tiny")]
+    assert len(table) == 3 and "seed 0" in table[0] and "seed 1" in table[1] and "| 1/1 | 1 |" in table[0]
+    assert "| done |" in table[0] and "| done |" in table[1] and "No CIFAR-10 train split found" in table[2]
+    rows = json.loads((build / "train_sweep.json").read_text())["rows"]
+    assert [r["status"] for r in rows] == ["done", "done", "error"]
+    for r in rows[:2]:
+        run = Path(r["out"])
+        assert {"best.pt", "last.pt", "run.json", "train.log", RESULT_FILE} <= {p.name for p in run.iterdir()}
+        assert json.loads((run / "run.json").read_text())["status"] == "finished"
+        assert 0 <= r["test_top1"] <= 1 and r["epochs_done"] == 1
+    assert rows[0]["test_top1"] != rows[1]["test_top1"] or rows[0]["val_top1"] != rows[1]["val_top1"]
+
+    # the two finished runs are cached; one whose result file is gone continues its last.pt (nothing left)
+    _write(sweep_file, TRAIN_SWEEP.split("  points:")[0])
+    (Path(rows[1]["out"]) / RESULT_FILE).unlink()
+    assert main(["sweep", str(sweep_file), "--build", str(build), "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| cached |" in out and out.count("| done |") == 1
+    again = json.loads((build / "train_sweep.json").read_text())["rows"]
+    assert [r["cached"] for r in again] == [True, False] and again[1]["test_top1"] == rows[1]["test_top1"]
+    assert "already has 1 epochs" in (Path(rows[1]["out"]) / "train.log").read_text() or \
+        "Resuming" in (Path(rows[1]["out"]) / "train.log").read_text()
+    assert main(["sweep", str(sweep_file), "--build", str(build), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count(": cached (") == 2

@@ -1,8 +1,8 @@
-"""Bring your own network: Brevitas networks the project did not write go through build, verify and fold
-as bnnflow's own do, one that cannot convert gets a diagnosis, and every bad reference is one sentence.
+"""Bring your own network: Brevitas networks the project did not write go through build, verify, fold and
+deploy as bnnflow's own do, one that cannot convert gets a diagnosis, and every bad reference is one sentence.
 
-The networks: Brevitas' bnn_pynq CNV-W1A1 and a CIFAR-10-shaped bnn_pynq FC (brevitas_examples, trained
-on 0..1 pixels: --input-scale unit), random weights calibrated on CIFAR-10; and small plain-Brevitas
+The networks: Brevitas' bnn_pynq CNV-W1A1 and a CIFAR-10-shaped bnn_pynq FC (tests/user_nets/outside.py;
+their QONNX exports: tests/test_user_onnx.py), random weights calibrated on CIFAR-10; and small plain-Brevitas
 networks in tests/user_nets/ that break a FINN design rule.
 """
 
@@ -20,14 +20,9 @@ from bnnflow.errors import BnnflowError
 from bnnflow.model_ref import MODEL_NAMES, OnnxRef, parse_model_args, parse_model_ref, short_source, user_source
 
 from conftest import REPO, one_sentence, shared_npz
+from user_nets.outside import CNV_ARGS, CNV_REF, FC_ARGS, FC_REF, check_package_predictions
 
 NETS = REPO / "tests" / "user_nets" / "unconvertible.py"
-CNV_REF = "brevitas_examples.bnn_pynq.models:cnv_1w1a"
-CNV_ARGS = ["--model-args", '{"pretrained": false}', "--input-scale", "unit"]
-FC_REF = "brevitas_examples.bnn_pynq.models.FC:FC"
-FC_ARGS = ["--model-args", json.dumps({"num_classes": 10, "weight_bit_width": 1, "act_bit_width": 1,
-                                       "in_bit_width": 1, "in_channels": 3, "out_features": [64, 64],
-                                       "in_features": [3, 32, 32]}), "--input-scale", "unit"]
 
 
 def run_cli(capsys, *argv):
@@ -235,7 +230,22 @@ def test_brevitas_cnv_folds(brevitas_cnv, tmp_path):
 
 @pytest.mark.slow
 def test_brevitas_fc_builds_and_verifies_bit_exact(brevitas_fc, data_dir):
-    _verify(brevitas_fc, FC_REF, FC_ARGS, data_dir, 20)
+    report = _verify(brevitas_fc, FC_REF, FC_ARGS, data_dir, 20)
+    assert [s["identical_integer_logits"] for s in report["stages"]] == [20] * len(report["stages"])
+
+
+@pytest.mark.slow
+def test_brevitas_fc_folds_and_deploys(brevitas_fc, tmp_path, data_dir):
+    """The Python reference as the user typed it, through fold and deploy on the build verify checked."""
+    out = tmp_path / "fold.json"
+    assert main(["fold", FC_REF, *FC_ARGS, "--build", str(brevitas_fc), "--out", str(out)]) == 0
+    assert any("PE" in v for v in json.loads(out.read_text()).values() if isinstance(v, dict))
+    package = tmp_path / "deploy"
+    assert main(["deploy", FC_REF, *FC_ARGS, "--build", str(brevitas_fc), "--out", str(package), "--images", "10",
+                 "--data", str(data_dir), "--archive", "none"]) == 0
+    assert json.loads((package / "manifest.json").read_text())["model"] == FC_REF
+    assert json.loads((package / "io_shape.json").read_text())["input_layout"] == "NCHW"  # no conv: C, H, W
+    check_package_predictions(package, brevitas_fc)
 
 
 @pytest.mark.slow
@@ -266,6 +276,26 @@ def test_a_network_that_cannot_convert_gets_a_diagnosis(capsys, tmp_path, factor
     assert code != 0 and needle in line and "fix:" in line, line
     state = json.loads((tmp_path / "b" / "build_state.json").read_text())
     assert state["diagnosis"] in line
+
+
+@pytest.mark.parametrize("record", ["user_model", "user_onnx", None])
+def test_a_later_step_failing_on_a_users_network_is_one_sentence(tmp_path, record):
+    """A FINN step past the dataflow partition raising on a user's network (here hw_codegen's assert, two
+    sentences long) ends in one sentence naming the step; bnnflow's own models keep the traceback."""
+    from bnnflow.build_flows.diagnose import diagnose_failure
+
+    state = {"done": [], "failed": {"step": "hw_codegen", "error": "AssertionError"}}
+    if record:
+        state[record] = {}
+    (tmp_path / "build_state.json").write_text(json.dumps(state))
+    exc = AssertionError("HLS synthesis requires: SIMD >= MW / 1024. This is not fulfilled with: SIMD=2\nmore")
+    message = diagnose_failure(tmp_path, exc)
+    if record is None:
+        assert message is None
+        return
+    line = one_sentence(BnnflowError(message))
+    assert "FINN's step hw_codegen failed on this network (AssertionError: HLS synthesis requires: SIMD >= MW / " \
+           "1024)" in line
 
 
 def test_export_folds_the_pixel_scale_into_the_graph(tmp_path):

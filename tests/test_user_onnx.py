@@ -1,6 +1,7 @@
-"""A user's network as a QONNX file: exported with Brevitas in the test (tests/user_nets/tiny_bnn.py), then built
-and verified from the .onnx to identical integer logits, with the file as verify's reference; and a user's own
-images (`verify --data FILE.npz`), checked in one sentence each.
+"""A user's network as a QONNX file: exported with Brevitas in the test (tests/user_nets/tiny_bnn.py, and the two
+brevitas_examples networks of tests/user_nets/outside.py), then built and verified from the .onnx to identical
+integer logits, with the file as verify's reference, folded and deployed; and a user's own images
+(`verify --data FILE.npz`), checked in one sentence each.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from bnnflow.errors import BnnflowError
 from bnnflow.model_ref import OnnxRef, parse_model_ref
 
 from conftest import REPO, one_sentence, shared_npz
+from user_nets.outside import OUTSIDE, check_package_predictions, export_outside
 
 NETS = REPO / "tests" / "user_nets"
 
@@ -319,6 +321,47 @@ def test_verify_names_a_qonnx_tensor_against_brevitas(tmp_path, data_dir, monkey
     assert t["against"] == "Brevitas (PyTorch, float64)"
     assert f"its first differing tensor is {target.output[0]} (output of {target.name}, BipolarQuant): 40 of" in \
         " ".join(stdout.split())
+
+
+# ---------------------------------------------------------------------------- networks the project did not write
+
+
+@pytest.fixture(scope="module", params=sorted(OUTSIDE))
+def outside_build(request, tmp_path_factory, cifar_train, data_dir):
+    """brevitas_examples' CNV-W1A1 or FC as the QONNX file a user exports, built and verified once (20 images)."""
+    name = request.param
+    folder = tmp_path_factory.mktemp(f"outside_{name}")
+    path = export_outside(name, folder / f"{name}.onnx", cifar_train[0])
+    out = folder / "build"
+    code = main(["verify", str(path), "--input-scale", "unit", "--build", str(out), "--images", "20",
+                 "--data", str(data_dir)])
+    return path, out, code
+
+
+@pytest.mark.slow
+def test_outside_qonnx_files_build_and_verify_bit_exact(outside_build):
+    path, out, code = outside_build
+    report = json.loads((out / "verify.json").read_text())
+    assert code == 0 and report["all_identical"], report["stages"]
+    assert report["stages"][0]["stage"] == "QONNX file as given (qonnx exec, float64)"
+    assert [s["identical_integer_logits"] for s in report["stages"]] == [20] * len(report["stages"])
+    state = json.loads((out / "build_state.json").read_text())
+    assert state["identity"]["source"].startswith(f"onnx:{path.resolve()}@sha256:")
+    assert state["identity"]["source"].endswith(";input=unit") and state["weights"]["binary_weights"] > 0
+
+
+@pytest.mark.slow
+def test_outside_qonnx_files_fold_and_deploy(outside_build, tmp_path, data_dir):
+    path, out, _ = outside_build
+    fold = tmp_path / "fold.json"
+    assert main(["fold", str(path), "--input-scale", "unit", "--build", str(out), "--out", str(fold)]) == 0
+    assert any("PE" in v for v in json.loads(fold.read_text()).values() if isinstance(v, dict))
+    package = tmp_path / "deploy"
+    assert main(["deploy", str(path), "--input-scale", "unit", "--build", str(out), "--out", str(package),
+                 "--images", "10", "--data", str(data_dir), "--archive", "none"]) == 0
+    manifest = json.loads((package / "manifest.json").read_text())
+    assert manifest["model"] == str(path) and manifest["checkpoint"] == str(path.resolve())
+    check_package_predictions(package, out)
 
 
 # ---------------------------------------------------------------------------- other image shapes

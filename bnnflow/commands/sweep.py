@@ -19,8 +19,8 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--jobs", type=int, help="local worker processes (1: one point after another in this process; "
                                             "default: one per core, as memory allows), or with --cluster the "
                                             "number of batch jobs (default 1)")
-    g.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://HOST:8786; its "
-                                                          "workers must see --build at the same path")
+    g.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://HOST:8786; workers "
+                                                          "that do not see --build return archives")
     g.add_argument("--cluster", choices=("slurm", "lsf", "pbs"), help="start Dask workers as batch jobs "
                                                                        "(dask-jobqueue)")
     g.add_argument("--cores", type=int, default=4, help="cores per batch job; default: %(default)s")
@@ -61,13 +61,20 @@ def add_parsers(sub) -> None:
                                    "re-run skips finished points) and tabulates and plots what finished. Keys: "
                                    "model, variant, board, folding (committed, auto, fps:N or FILE.json), "
                                    "stop_after (a step, see 'bnnflow steps'), weights (committed, random or "
-                                   "FILE.pt), seed, lut_max, bram_max.")
+                                   "FILE.pt), seed, lut_max, bram_max. A file with a 'train' section (its own "
+                                   "grid and/or points of 'bnnflow train' options: model, variant, epochs, "
+                                   "batch_size, lr, optimizer, seed ...) trains each point into its own run "
+                                   "folder instead and tabulates their accuracies.")
     p.add_argument("file", type=Path, help="the sweep file (.yaml, .yml or .json)")
     p.add_argument("--build", type=Path, metavar="DIR", default=DEFAULT_DIR,
-                   help="folder of the points' build folders, shared by every worker; default: %(default)s")
+                   help="folder of the points' build (or run) folders; workers that cannot see it send theirs back "
+                        "as archives; default: %(default)s")
     p.add_argument("--out", type=Path, help="plot (PNG) to write; default: BUILD/sweep.png")
     p.add_argument("--force", action="store_true", help="rebuild finished points too")
     p.add_argument("--dry-run", action="store_true", help="list the points and which are cached; build nothing")
+    p.add_argument("--no-shared-dir", action="store_true",
+                   help="workers do not see --build: each returns its point's folder as an archive, unpacked here "
+                        "(default: found out per worker with a probe file)")
     add_cluster_args(p)
 
 
@@ -124,28 +131,30 @@ def check_failures(rows: list[dict]) -> None:
 def cmd_sweep(args) -> int:
     from rich.console import Console
 
-    from bnnflow.build_flows import flow
     from bnnflow.build_flows.benchmark import has_figures, markdown_table, plot, write_report
-    from bnnflow.build_flows.sweep import folder_name, point_key, cached_row, run_sweep
+    from bnnflow.build_flows.sweep import folder_name, point_key, run_sweep
     from bnnflow.build_flows.sweep_spec import load_sweep
     from bnnflow.hw.boards import get_board
 
     if args.job_script:
         return print_job_script(args)
     spec = spec_from_args(args)
-    points = load_sweep(args.file, tuple(flow.STEP_NAMES))
+    points = load_sweep(args.file)
     console = Console()
+    from bnnflow.build_flows.sweep_train_spec import TrainPoint
+
+    if isinstance(points[0], TrainPoint):  # training needs no FINN: not imported (~10 s)
+        return _train_sweep(args, points, spec, console)
+    from bnnflow.build_flows import flow
+
+    points = load_sweep(args.file, tuple(flow.STEP_NAMES))
     if args.dry_run:
-        for p in points:
-            key = point_key(p)
-            state = "cached" if cached_row(args.build.resolve() / folder_name(p, key), key) else "to build"
-            console.print(f"  {p.label}: {state} ({folder_name(p, key)})", soft_wrap=True)
-        return 0
+        return _dry_run(console, points, args.build, point_key, folder_name, "to build")
     console.print(f"Sweeping {len(points)} design points from {args.file} on {spec.describe()}; build folders in "
                   f"{args.build}.")
     with Progress(console, len(points), "points") as progress:
         result = run_sweep(points, args.build, spec, force=args.force, retries=args.retries,
-                           on_row=progress.row, on_counts=progress.counts)
+                           on_row=progress.row, on_counts=progress.counts, shared=False if args.no_shared_dir else None)
     boards = list(dict.fromkeys(p.board for p in points))
     board = get_board(boards[0])
     report = {"board": ", ".join(boards), "part": board.part, "clock_mhz": board.clock_mhz,
@@ -161,6 +170,59 @@ def cmd_sweep(args) -> int:
                   f"{result['wall_seconds']:.0f} s.")
     check_failures(result["rows"])
     return 0
+
+
+def _dry_run(console, points, build: Path, key_of, folder_of, todo: str) -> int:
+    """--dry-run: each point, cached or still to do, and its folder."""
+    from bnnflow.build_flows.sweep import cached_row
+
+    for p in points:
+        key = key_of(p)
+        state = "cached" if cached_row(build.resolve() / folder_of(p, key), key) else todo
+        console.print(f"  {p.label}: {state} ({folder_of(p, key)})", soft_wrap=True)
+    return 0
+
+
+def _train_sweep(args, points, spec, console) -> int:
+    """A sweep file's training points: one `bnnflow train` each; the results table of what finished."""
+    from bnnflow.atomic import write_json, write_text
+    from bnnflow.build_flows.sweep_train import BAD, run_train_sweep, train_folder_name, train_key, train_table
+
+    if args.dry_run:
+        return _dry_run(console, points, args.build, train_key, train_folder_name, "to train")
+    console.print(f"Training {len(points)} points from {args.file} on {spec.describe()}; run folders in "
+                  f"{args.build}.")
+    with Progress(console, len(points), "runs") as progress:
+        result = run_train_sweep(points, args.build, spec, force=args.force, retries=args.retries,
+                                 on_row=lambda r: _train_line(console, r), on_counts=progress.counts,
+                                 shared=False if args.no_shared_dir else None)
+    table = train_table(result["rows"])
+    args.build.mkdir(parents=True, exist_ok=True)
+    write_text(args.build / "train_sweep.md", f"Training sweep {args.file.name} on {spec.describe()}, wall time "
+                                              f"{result['wall_seconds']:.0f} s.\n\n{table}\n")
+    write_json(args.build / "train_sweep.json", {"cluster": spec.describe(), "wall_seconds": result["wall_seconds"],
+                                                 "rows": result["rows"]})
+    print()
+    print(table)
+    print()
+    console.print(f"Table: {args.build / 'train_sweep.md'}; data: {args.build / 'train_sweep.json'}; wall time "
+                  f"{result['wall_seconds']:.0f} s.")
+    bad = [r for r in result["rows"] if r.get("status") in BAD]
+    if bad:
+        names = ", ".join(r["label"] for r in bad[:3]) + (" ..." if len(bad) > 3 else "")
+        raise BnnflowError(f"{len(bad)} of {len(result['rows'])} training points did not finish ({names}): the "
+                           "table says why, and the same command re-runs just them (finished runs are cached).")
+    return 0
+
+
+def _train_line(console, r: dict) -> None:
+    from rich.markup import escape
+
+    if r.get("status") == "done":
+        what = "cached" if r.get("cached") else f"test top-1 {100 * (r.get('test_top1') or 0):.1f}%"
+    else:
+        what = f"[yellow]{r.get('status')}[/]: {escape(str(r.get('error')))}"
+    console.print(f"  {escape(r['label'])}: {what} ({r['seconds']:.0f} s)", soft_wrap=True, markup=True)
 
 
 COMMANDS = {"sweep": cmd_sweep}

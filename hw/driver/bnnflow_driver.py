@@ -198,7 +198,10 @@ class BnnflowAccelerator:
         self.batch_size = int(batch_size)
         self.idt = packing.datatype(self.io["idt"][0])
         self.odt = packing.datatype(self.io["odt"][0])
-        self.image_shape = tuple(self.io["ishape_normal"][0][1:])
+        self.ishape_normal = tuple(self.io["ishape_normal"][0][1:])  # the hardware graph's input
+        self.channels_first = self.io.get("input_layout") == "NCHW"  # an FC net streams its pixels C, H, W
+        s = self.ishape_normal
+        self.image_shape = (s[1], s[2], s[0]) if self.channels_first else s  # what classify() takes: H x W x C
         self.ishape_folded = tuple(self.io["ishape_folded"][0][1:])
         self.ishape_packed = tuple(self.io["ishape_packed"][0][1:])
         self.oshape_normal = tuple(self.io["oshape_normal"][0][1:])
@@ -268,13 +271,15 @@ class BnnflowAccelerator:
 
     def pack_input(self, images: np.ndarray) -> np.ndarray:
         """N checked images -> N x packed input words (uint8), as the input DMA streams them."""
+        if self.channels_first:
+            images = images.transpose(0, 3, 1, 2)
         folded = images.reshape((len(images),) + self.ishape_folded)
         return packing.pack(folded, self.idt, reverse_inner=True, reverse_endian=True)
 
     def unpack_input(self, packed: np.ndarray) -> np.ndarray:
         n = len(packed)
         vals = packing.unpack(packed, self.idt, (n,) + self.ishape_folded, reverse_inner=True, reverse_endian=True)
-        return vals.reshape((n,) + self.image_shape)
+        return vals.reshape((n,) + self.ishape_normal)
 
     def pack_output(self, values: np.ndarray) -> np.ndarray:
         n = len(values)
