@@ -130,8 +130,19 @@ def test_any_text_gives_points_or_one_sentence(text):
     ({"grid": {"model": []}}, ["'model' is an empty list"]),
     ({"models": ["cnv"]}, ["unknown top-level key 'models'"]),
     ([1, 2], ["must be a mapping"]),
+    ({"train": {"grid": {"model": "cnv", "lr_max": 1}}}, ["training grid has unknown key 'lr_max'", "epochs"]),
+    ({"train": {"points": [{"model": "cnv", "optimizer": "rmsprop"}]}}, ["training point 1", "unknown optimizer"]),
+    ({"train": {"grid": {"model": "cnv", "epochs": 0}}}, ["--epochs must be at least 1, got 0"]),
+    ({"train": {"grid": {"model": "cnv", "batch_size": 1}}}, ["--batch-size must be at least 2"]),
+    ({"train": {"grid": {"model": "cnv", "seed": "one"}}}, ["seed must be a whole number"]),
+    ({"train": {"grid": {"model": "cnv", "recu": "yes"}}}, ["recu must be true or false"]),
+    ({"train": {"grid": {"model": "cnv", "variant": "huge"}}}, ["unknown variant 'huge' of cnv"]),
+    ({"train": {"grid": {"model": "cnv", "data": "nothere"}}}, ["data 'nothere' is neither"]),
+    ({"train": {"grid": {"model": "cnv"}}, "grid": {"model": "cnv"}}, ["both design points and a 'train'"]),
+    ({"train": [1]}, ["'train' must be a mapping with 'grid' and/or 'points'"]),
+    ({"train": {"points": [{"epochs": 3}]}}, ["training point 1 names no model"]),
 ])
-def test_bad_file_names_the_problem(data, words):
+def test_bad_file_names_the_problem(data, words):  # design points and training points
     with pytest.raises(BnnflowError) as err:
         _parse(data)
     msg = one_sentence(err.value)
@@ -478,25 +489,6 @@ def test_any_train_section_gives_points_or_one_sentence(section):
         return
     assert points and all(isinstance(p, TrainPoint) and p.model in TRAIN_VALUES["model"] for p in points)
 
-
-@pytest.mark.parametrize("data, words", [
-    ({"train": {"grid": {"model": "cnv", "lr_max": 1}}}, ["training grid has unknown key 'lr_max'", "epochs"]),
-    ({"train": {"points": [{"model": "cnv", "optimizer": "rmsprop"}]}}, ["training point 1", "unknown optimizer"]),
-    ({"train": {"grid": {"model": "cnv", "epochs": 0}}}, ["--epochs must be at least 1, got 0"]),
-    ({"train": {"grid": {"model": "cnv", "batch_size": 1}}}, ["--batch-size must be at least 2"]),
-    ({"train": {"grid": {"model": "cnv", "seed": "one"}}}, ["seed must be a whole number"]),
-    ({"train": {"grid": {"model": "cnv", "recu": "yes"}}}, ["recu must be true or false"]),
-    ({"train": {"grid": {"model": "cnv", "variant": "huge"}}}, ["unknown variant 'huge' of cnv"]),
-    ({"train": {"grid": {"model": "cnv", "data": "nothere"}}}, ["data 'nothere' is neither"]),
-    ({"train": {"grid": {"model": "cnv"}}, "grid": {"model": "cnv"}}, ["both design points and a 'train'"]),
-    ({"train": [1]}, ["'train' must be a mapping with 'grid' and/or 'points'"]),
-    ({"train": {"points": [{"epochs": 3}]}}, ["training point 1 names no model"]),
-])
-def test_bad_train_section_names_the_problem(data, words):
-    with pytest.raises(BnnflowError) as err:
-        _parse(data)
-    msg = one_sentence(err.value)
-    assert all(w in msg for w in words), msg
 
 
 # ------------------------------------------------------------------ folders returned as archives
