@@ -49,15 +49,20 @@ GRID_VALUES = {
 }
 
 
-@st.composite
-def grids(draw):
-    """A grid: for some keys (model always) a non-empty list of distinct valid values, or one bare value."""
-    keys = ["model"] + draw(st.lists(st.sampled_from(list(GRID_VALUES)[1:]), unique=True, max_size=5))
+def _grid_of(draw, table: dict, max_keys: int, **unique) -> dict:
+    """For some keys of `table` (its first, model, always) a non-empty list of distinct values, or one bare value."""
+    keys = ["model"] + draw(st.lists(st.sampled_from(list(table)[1:]), unique=True, max_size=max_keys))
     grid = {}
     for k in keys:
-        values = draw(st.lists(st.sampled_from(GRID_VALUES[k]), min_size=1, max_size=3, unique=True))
+        values = draw(st.lists(st.sampled_from(table[k]), min_size=1, max_size=3, **unique))
         grid[k] = values[0] if len(values) == 1 and draw(st.booleans()) else values
     return grid
+
+
+@st.composite
+def grids(draw):
+    """A design grid."""
+    return _grid_of(draw, GRID_VALUES, 5, unique=True)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -423,12 +428,8 @@ TRAIN_VALUES = {
 
 @st.composite
 def train_grids(draw):
-    keys = ["model"] + draw(st.lists(st.sampled_from(list(TRAIN_VALUES)[1:]), unique=True, max_size=6))
-    grid = {}
-    for k in keys:
-        values = draw(st.lists(st.sampled_from(TRAIN_VALUES[k]), min_size=1, max_size=3, unique_by=repr))
-        grid[k] = values[0] if len(values) == 1 and draw(st.booleans()) else values
-    return grid
+    """A training grid."""
+    return _grid_of(draw, TRAIN_VALUES, 6, unique_by=repr)
 
 
 def _train_point(**values):
