@@ -30,6 +30,21 @@ def add_model_args(p: argparse.ArgumentParser, board: bool = True) -> None:
     p.add_argument("model", help=f"network: {', '.join(MODEL_NAMES)}, or your own Brevitas network as "
                                  "path/to/file.py:factory or package.module:factory, or its QONNX export as "
                                  "path/to/model.onnx (see README, 'Your own network')")
+    add_user_input_args(p)
+    p.add_argument("--variant", default="default", help="width/depth variant (see 'bnnflow models'); "
+                                                         "default: %(default)s")
+    p.add_argument("--checkpoint", type=Path, help="trained .pt from 'bnnflow train'; default: the committed "
+                                                     "models/checkpoints/MODEL-VARIANT.pt where one exists, else "
+                                                     "random weights with batch-norm statistics calibrated on CIFAR-10")
+    p.add_argument("--random-weights", action="store_true",
+                   help="ignore the committed checkpoint and build calibrated random weights")
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights; default: %(default)s")
+    if board:
+        add_board_arg(p)
+
+
+def add_user_input_args(p: argparse.ArgumentParser) -> None:
+    """How a user's own network is built and fed: --model-args and the pixel scaling (build and train alike)."""
     p.add_argument("--model-args", metavar="JSON", help="your own network only: keyword arguments for its factory, "
                                                         "a JSON object such as '{\"pretrained\": false}'")
     p.add_argument("--input-scale", choices=("raw", "unit"), default=None,
@@ -41,16 +56,6 @@ def add_model_args(p: argparse.ArgumentParser, board: bool = True) -> None:
     p.add_argument("--input-std", metavar="S1,S2,S3", help="your own network only: per-channel standard deviation "
                                                           "it divides by; bnnflow folds (x - mean) / std into the "
                                                           "graph in front of your network")
-    p.add_argument("--variant", default="default", help="width/depth variant (see 'bnnflow models'); "
-                                                         "default: %(default)s")
-    p.add_argument("--checkpoint", type=Path, help="trained .pt from 'bnnflow train'; default: the committed "
-                                                     "models/checkpoints/MODEL-VARIANT.pt where one exists, else "
-                                                     "random weights with batch-norm statistics calibrated on CIFAR-10")
-    p.add_argument("--random-weights", action="store_true",
-                   help="ignore the committed checkpoint and build calibrated random weights")
-    p.add_argument("--seed", type=int, default=0, help="seed for random weights; default: %(default)s")
-    if board:
-        add_board_arg(p)
 
 
 def add_board_arg(p: argparse.ArgumentParser) -> None:

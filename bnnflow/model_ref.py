@@ -24,6 +24,7 @@ from bnnflow.errors import BnnflowError
 INPUT_SCALES = {"raw": 1.0, "unit": 1.0 / 255.0}  # what the network expects a pixel to be: 0..255 or 0..1
 FORMS = "path/to/file.py:factory or package.module:factory"
 ONNX_SUFFIX = ".onnx"
+USER_KEY = "user_model"  # a checkpoint entry that says how to rebuild a user's network
 
 
 def shown(text: str, limit: int = 80) -> str:

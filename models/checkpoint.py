@@ -11,6 +11,7 @@ from torch import nn
 from bnnflow.atomic import atomic_path
 from bnnflow.digest import file_sha256  # noqa: F401  (re-exported: callers name it from here)
 from bnnflow.errors import BnnflowError
+from bnnflow.model_ref import USER_KEY
 
 from .zoo import build_model
 
@@ -63,10 +64,10 @@ def load_checkpoint(path: str | Path, model: str | None = None, variant: str | N
         raise BnnflowError(
             f"Checkpoint {path} holds {payload['model']}/{payload['variant']}, not {model}/{variant}: "
             "pass the matching --model/--variant or another checkpoint.")
-    if isinstance(payload.get("user_model"), dict):  # a user's network: rebuilt from its reference
+    if isinstance(payload.get(USER_KEY), dict):  # a user's network: rebuilt from its reference
         from .user_model import network_of
 
-        net = network_of(payload["user_model"])
+        net = network_of(payload[USER_KEY])
     else:
         net = build_model(payload["model"], payload["variant"])
     try:

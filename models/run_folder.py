@@ -25,6 +25,10 @@ def default_out(cfg: TrainConfig) -> Path:
     """runs/MODEL-VARIANT[-recu][-psi|-sgd]-sSEED: runs of different recipes never share a folder."""
     tags = "".join(t for t, on in (("-recu", cfg.recu), ("-psi", cfg.optimizer == "psi"),
                                     ("-sgd", cfg.optimizer == "sgd")) if on)
+    if cfg.is_user_model:
+        from bnnflow.model_ref import parse_model_ref
+
+        return Path("runs") / f"{parse_model_ref(cfg.model).short_name}{tags}-s{cfg.seed}"
     return Path("runs") / f"{cfg.model}-{cfg.variant}{tags}-s{cfg.seed}"
 
 
@@ -150,7 +154,6 @@ def write_run_json(out: Path, run_info: dict, history: list[dict] | None = None,
     """run.json: "running" while epochs run (history None), then finished/stopped with the selected epoch."""
     from bnnflow.atomic import write_json
 
-    run_info = as_run(run_info)
     if history is None:
         write_json(out / "run.json", {**run_info, "status": "running"})
         return
@@ -159,12 +162,3 @@ def write_run_json(out: Path, run_info: dict, history: list[dict] | None = None,
                                   "epochs_done": len(history), "best_epoch": best_row["epoch"],
                                   "best_val_top1": best_row.get("val_top1"),
                                   "best_test_top1": best_row["test_top1"]})
-
-
-def as_run(run_info: dict) -> dict:
-    """run_info with the engine as it ran: torchrun's processes never compile (train.py: torch.compile
-    does not trace the global batch norm's all-reduce), whatever --compile asked for."""
-    engine = run_info.get("engine")
-    if run_info.get("processes", 1) > 1 and isinstance(engine, dict) and engine.get("compile"):
-        return {**run_info, "engine": {**engine, "compile": False}}
-    return run_info

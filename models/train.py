@@ -88,18 +88,40 @@ def prepare_model(cfg: TrainConfig, device):
     from .zoo import build_model
 
     torch.manual_seed(cfg.seed)
-    net = build_model(cfg.model, cfg.variant)
+    net = _user_network(cfg) if cfg.is_user_model else build_model(cfg.model, cfg.variant)
     if cfg.recu:
         recu.apply_recu(net, recu.tau_schedule(0.0, cfg.tau_start, cfg.tau_end))
     if cfg.optimizer == "psi":
         psi.make_scale_invariant(net)
     net.to(device)
-    classifier = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
-    binary = any(m is classifier for _, m in recu.binary_layers(net))
+    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    binary = bool(linears) and any(m is linears[-1] for _, m in recu.binary_layers(net))
     # binary classifier: logits are sums of +-1 over fan-in features, std ~ sqrt(fan_in)
-    s0 = -0.5 * math.log(classifier.in_features) if binary else 0.0
+    s0 = -0.5 * math.log(linears[-1].in_features) if binary else 0.0
     logit_scale = torch.nn.Parameter(torch.tensor(s0, device=device))
     return net, logit_scale
+
+
+def _user_network(cfg: TrainConfig):
+    """A user's Brevitas network as its factory makes it, fed raw pixels (scaled as --input-scale says)."""
+    from .user_model import build_user_network, running
+
+    import copy
+
+    import torch
+
+    net = build_user_network(cfg.model, cfg.model_args or {}, cfg.input_scale)
+    # one training forward on a copy (its statistics stay untouched): a network that cannot take CIFAR-10
+    # batches fails here in one sentence, not in a traceback from the first step
+    with running(cfg.model, "Training"):
+        logits = copy.deepcopy(net).train()(torch.zeros(2, 3, 32, 32))
+    if not torch.is_tensor(logits):
+        raise BnnflowError(f"{cfg.model} returns a {type(logits).__name__}, not a tensor of logits: let its last "
+                           "layer return a plain tensor (return_quant_tensor=False).")
+    if logits.ndim != 2 or logits.shape[1] != 10:
+        raise BnnflowError(f"{cfg.model} returns logits of shape {tuple(logits.shape)}: training on CIFAR-10 needs "
+                           "N x 10 (ten classes).")
+    return net
 
 
 def make_optimizers(cfg: TrainConfig, net, logit_scale, device) -> list:
@@ -235,7 +257,7 @@ class _Run:
 
     @property
     def title(self) -> str:
-        return (f"{self.cfg.model}/{self.cfg.variant} " + ("ReCU " if self.cfg.recu else "") + f"{self.cfg.optimizer} "
+        return (f"{self.cfg.name} " + ("ReCU " if self.cfg.recu else "") + f"{self.cfg.optimizer} "
                 f"({self.data_info['train_images']} train images)")
 
 
@@ -298,7 +320,8 @@ def _start_run(cfg: TrainConfig, out: Path, saved: dict | None, console, paralle
     # not compiled under torchrun: the global batch norm's all-reduce is not traced
     engine = Engine(net, logit_scale, opts, device, cfg.engine, cfg.bf16, cfg.compile and parallel is None,
                     cfg.label_smoothing, parallel)
-    run_info = {"config": cfg.recipe(), "engine": {k: getattr(cfg, k) for k in ENGINE_KEYS}, "data": data["info"],
+    run_info = {"config": cfg.recipe(), "engine": {k: getattr(engine, k if k != "engine" else "kind")
+                                                   for k in ENGINE_KEYS}, "data": data["info"],
                 "device": str(device), "threads": torch.get_num_threads(), "command": "bnnflow train", "out": str(out)}
     if parallel is not None:
         run_info.update(processes=parallel.world, command="torchrun ... bnnflow train")
@@ -315,7 +338,7 @@ def _announce(run: _Run, console) -> None:
     import torch
 
     cfg, engine = run.cfg, run.engine
-    console.print(f"Training [bold]{cfg.model}/{cfg.variant}[/] on {len(run.tensors[0])} CIFAR-10 images "
+    console.print(f"Training [bold]{cfg.name}[/] on {len(run.tensors[0])} CIFAR-10 images "
                   f"({len(run.tensors[2])} held out to select best.pt) for epochs {run.start_epoch + 1}..{run.end_epoch} "
                   f"of {cfg.epochs} on {run.device} ({torch.get_num_threads()} threads, {cfg.engine} engine"
                   f"{', bf16' if engine.bf16 else ''}{', compiled' if engine.compile else ''}), run folder {run.out}")
@@ -339,7 +362,7 @@ def _restore(cfg: TrainConfig, saved: dict, out: Path, net, logit_scale, device)
         for opt, s in zip(opts, st["optimizers"]):
             opt.load_state_dict(s)
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        raise BnnflowError(f"{out / 'last.pt'} does not fit {cfg.model}/{cfg.variant} with this recipe "
+        raise BnnflowError(f"{out / 'last.pt'} does not fit {cfg.name} with this recipe "
                            f"({type(exc).__name__}): it was written by another version; start a new run.") from None
     set_rng_state(st["rng"])
     return opts
@@ -431,6 +454,25 @@ def _print_epoch(console, cfg: TrainConfig, row: dict, improved: bool, seconds: 
                   f"{row['images_per_s']:.0f} img/s  {seconds:.0f} s")
 
 
+def _model_words(cfg: TrainConfig) -> str:
+    """The network as 'bnnflow build' names it."""
+    if not cfg.is_user_model:
+        return f"{cfg.model} --variant {cfg.variant}"
+    import json
+
+    from bnnflow.model_ref import input_affine
+
+    words = [cfg.model]
+    if cfg.model_args:
+        words.append(f"--model-args '{json.dumps(cfg.model_args)}'")
+    step, mean, std = input_affine(cfg.input_scale)
+    if step != 1.0:
+        words.append("--input-scale unit")
+    if mean is not None:
+        words.append(f"--input-mean {','.join(map(repr, mean))} --input-std {','.join(map(repr, std))}")
+    return " ".join(words)
+
+
 def _finish(run: _Run, console) -> dict:
     """run.json's final status, the line that says what to do next, and the summary."""
     cfg, out, history = run.cfg, run.out, run.history
@@ -441,7 +483,7 @@ def _finish(run: _Run, console) -> dict:
     if done:
         console.print(f"Finished: best.pt is epoch {best_row['epoch']} (selected on "
                       f"{'validation' if best_row.get('val_top1') is not None else 'the last epoch'}), test top-1 "
-                      f"{best_row['test_top1']:.2%}; use it with 'bnnflow build {cfg.model} --variant {cfg.variant} "
+                      f"{best_row['test_top1']:.2%}; use it with 'bnnflow build {_model_words(cfg)} "
                       f"--checkpoint {out / 'best.pt'}'.")
     else:
         console.print(f"Stopped after epoch {len(history)} of {cfg.epochs}: continue with "

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bnnflow.catalog import MODEL_NAMES
+from bnnflow.cli_args import add_user_input_args
 from bnnflow.errors import BnnflowError
 
 MODELS = MODEL_NAMES
@@ -26,7 +27,7 @@ RECIPE_DEFAULTS = dict(variant="default", epochs=150, batch_size=128, lr=None, o
                        test_subset=None, val_size=DEFAULT_VAL_SIZE, label_smoothing=0.0, warmup_epochs=0)
 FIXED_ON_RESUME = ("model", "variant", "batch_size", "lr", "optimizer", "psi_lr", "momentum", "weight_decay", "seed",
                    "recu", "tau_start", "tau_end", "subset", "test_subset", "val_size", "label_smoothing",
-                   "warmup_epochs")
+                   "warmup_epochs", "model_args", "input_scale")
 # how each step is computed may change on --resume (same state, other arithmetic): logged per epoch
 ENGINE_KEYS = ("engine", "bf16", "compile")
 
@@ -48,6 +49,8 @@ class TrainConfig:
     tau_end: float = 0.99
     label_smoothing: float = 0.0
     warmup_epochs: int = 0
+    model_args: dict | None = None  # a user's network: its factory's keyword arguments
+    input_scale: str | None = None  # a user's network: the pixels it takes (bnnflow.model_ref.input_description)
     subset: int | None = None
     test_subset: int | None = None
     val_size: int = DEFAULT_VAL_SIZE
@@ -76,7 +79,24 @@ class TrainConfig:
             d.pop("momentum")
         if not self.recu:
             d.pop("tau_start"), d.pop("tau_end")
+        if self.is_user_model:  # how the network is built is part of what is trained
+            d.update(model_args=self.model_args or {}, input_scale=self.input_scale or "raw")
         return d
+
+    @property
+    def name(self) -> str:
+        """'resnete/default', or a user's network as 'file-factory' (bnnflow.model_ref.ModelRef.short_name)."""
+        if not self.is_user_model:
+            return f"{self.model}/{self.variant}"
+        from bnnflow.model_ref import parse_model_ref
+
+        return parse_model_ref(self.model).short_name
+
+    @property
+    def is_user_model(self) -> bool:
+        from bnnflow.model_ref import is_user_model
+
+        return self.model is not None and is_user_model(self.model)
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -86,9 +106,15 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                     "(no pre-training, no scaling factors, straight-through sign, crop+flip augmentation, "
                     "Adam with a cosine schedule), through a fast compiled twin of the Brevitas model by default. "
                     "The last 5,000 training images are held out to select best.pt (for 'bnnflow build "
-                    "--checkpoint'); last.pt is for --resume; log.csv, log.json and curve.png log every epoch.")
-    p.add_argument("model", nargs="?", help=f"network: {', '.join(MODELS)} (optional with --resume)")
+                    "--checkpoint'); last.pt is for --resume; log.csv, log.json and curve.png log every epoch. "
+                    "Your own Brevitas network (FILE.py:factory) trains the same way through Brevitas' forward, "
+                    "and its best.pt records how to rebuild it for 'bnnflow evaluate' and 'bnnflow build "
+                    "--checkpoint'.")
+    p.add_argument("model", nargs="?", help=f"network: {', '.join(MODELS)}, or your own Brevitas network as "
+                                            "path/to/file.py:factory or package.module:factory (optional with "
+                                            "--resume)")
     _add_recipe_options(p)
+    add_user_input_args(p)
     _add_run_options(p)
     return p
 
@@ -160,15 +186,53 @@ def config_from_args(args) -> TrainConfig:
         else:
             values[key] = v
             explicit.add(key)
-    if args.model is not None:
+    model, user = args.model, _user_network_args(args)
+    if model is not None:
         explicit.add("model")
+        model = _model_anywhere(model)
+    explicit.update(k for k, v in user.items() if v is not None)
     explicit.update(k for k in ENGINE_KEYS if getattr(args, k, None) is not None)
-    return TrainConfig(model=args.model, data=str(args.data) if args.data else None,
+    return TrainConfig(model=model, **user, data=str(args.data) if args.data else None,
                        out=str(args.out) if args.out else None, resume=args.resume, force=args.force,
                        device=args.device, threads=args.threads, stop_after=args.stop_after,
                        progress=not args.no_progress, explicit=explicit, engine=args.engine or "fast",
                        bf16=args.bf16, compile=True if args.compile is None else args.compile,
                        shorten=args.shorten, **values)
+
+
+def _user_network_args(args) -> dict:
+    """--model-args and the input scaling flags as TrainConfig fields (None where not given)."""
+    from bnnflow.model_ref import input_description, parse_model_args
+
+    text = getattr(args, "model_args", None)
+    scale = input_description(getattr(args, "input_scale", None), getattr(args, "input_mean", None),
+                              getattr(args, "input_std", None))
+    return {"model_args": parse_model_args(text) if text is not None else None, "input_scale": scale}
+
+
+def _model_anywhere(model: str) -> str:
+    """A user's FILE.py:factory with the file's absolute path, so a run resumes from any directory."""
+    from bnnflow.model_ref import ModelRef, is_user_model, parse_model_ref
+
+    ref = parse_model_ref(model) if is_user_model(model) else None
+    return f"{ref.file.resolve()}:{ref.attr}" if isinstance(ref, ModelRef) and ref.file is not None else model
+
+
+def _check_user_network(cfg: TrainConfig) -> None:
+    """A user's network trains through Brevitas' own forward (the fast twin knows bnnflow's models only)."""
+    from bnnflow.model_ref import check_input_scale, is_onnx_model, shown
+
+    if is_onnx_model(cfg.model):
+        raise BnnflowError(f"{shown(cfg.model)} is an exported graph, which cannot be trained: train the Brevitas "
+                           "network it was exported from (path/to/file.py:factory).")
+    if cfg.variant != "default":
+        raise BnnflowError("--variant is for bnnflow's own models: pass --model-args for other sizes of your network.")
+    check_input_scale(cfg.input_scale, zoo=False)
+    if cfg.engine == "fast":
+        if "engine" in cfg.explicit:
+            raise BnnflowError("--engine fast trains bnnflow's own models only (its twin mirrors their layers): "
+                               "train your network with --engine brevitas.")
+        cfg.engine = "brevitas"
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -177,7 +241,13 @@ def check_config(cfg: TrainConfig) -> None:
 
     if cfg.model is None:
         raise BnnflowError(f"Name the model to train ({', '.join(MODELS)}), or pass --resume with --out RUN_FOLDER.")
-    get_variant(cfg.model, cfg.variant)
+    if cfg.is_user_model:
+        _check_user_network(cfg)
+    else:
+        if cfg.model_args is not None or cfg.input_scale is not None:
+            raise BnnflowError("--model-args and --input-scale/--input-mean/--input-std are for your own network: "
+                               "bnnflow's own models take --variant and raw pixels.")
+        get_variant(cfg.model, cfg.variant)
     if cfg.epochs < 1:
         raise BnnflowError(f"--epochs must be at least 1, got {cfg.epochs}.")
     if cfg.batch_size < 2:

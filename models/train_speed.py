@@ -27,6 +27,9 @@ def benchmark(cfg, steps: int, console) -> dict:
         raise BnnflowError(f"--benchmark-steps must be an even number of at least 2, got {steps}.")
     if cfg.model is None:
         raise BnnflowError("Name the model to benchmark, e.g. 'bnnflow train resnete --benchmark-steps 40'.")
+    if cfg.is_user_model:
+        raise BnnflowError("--benchmark-steps compares Brevitas with the fast twin of bnnflow's own models; your "
+                           "network trains with Brevitas only, so there is nothing to compare.")
     check_config(cfg)
     device = pick_device(cfg.device)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)

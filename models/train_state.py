@@ -69,10 +69,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def cpu_copy(net, baked: bool):
+def cpu_copy(net, baked: bool, compact: bool = True):
     """A CPU copy of the state to save: raw (parametrized, latent weights) for last.pt; for best.pt
-    baked plain weights, binary ones as int8 +-1 (Brevitas' sign, 0 -> +1: a quarter of the
-    size, and load_state_dict casts them back to float)."""
+    baked plain weights, binary ones as int8 +-1 when `compact` (Brevitas' sign, 0 -> +1: a quarter of
+    the size, and load_state_dict casts them back to float; only where the binary scale is the constant 1,
+    as in bnnflow's models: a user's quantiser may scale by statistics of the latent weights)."""
     import torch
 
     from .recu import baked_state_dict, binary_layers
@@ -86,6 +87,8 @@ def cpu_copy(net, baked: bool):
 
     if not baked:
         return _Holder(net.state_dict())
+    if not compact:
+        return _Holder(baked_state_dict(net))
     sd = baked_state_dict(net)
     for name, _ in binary_layers(net):
         w = sd[f"{name}.weight"]
@@ -102,7 +105,8 @@ def save_best(out: Path, net, cfg: TrainConfig, data_info: dict, row: dict, val_
                 f"val_top1 (last {val_images} training images)" if val_images else "last epoch"),
             "val_top1": row["val_top1"], "test_top1": row["test_top1"],
             "test_images": test_images, "test_top1_is_full_test_set": test_images == 10_000}
-    save_checkpoint(out / "best.pt", cpu_copy(net, baked=True), cfg.model, cfg.variant, meta=meta)
+    save_checkpoint(out / "best.pt", cpu_copy(net, baked=True, compact=not cfg.is_user_model), cfg.model, cfg.variant,
+                    meta=meta, extra=user_payload(cfg))
 
 
 def save_last(out: Path, net, cfg: TrainConfig, data_info: dict, history: list[dict], opts: list, logit_scale,
@@ -119,4 +123,13 @@ def save_last(out: Path, net, cfg: TrainConfig, data_info: dict, history: list[d
              "logit_scale": logit_scale.detach().cpu(), "rng": rng_state(),
              "schedule": {"kind": "cosine", "step": epoch * steps_per_epoch, "total_steps": total_steps}}
     save_checkpoint(out / "last.pt", cpu_copy(net, baked=False), cfg.model, cfg.variant,
-                    meta={"epoch": epoch, "epochs": cfg.epochs}, extra={"train_state": state})
+                    meta={"epoch": epoch, "epochs": cfg.epochs}, extra={"train_state": state, **user_payload(cfg)})
+
+
+def user_payload(cfg: TrainConfig) -> dict:
+    """A user's network: how load_checkpoint rebuilds it (models/user_model.py), beside the weights."""
+    if not cfg.is_user_model:
+        return {}
+    from bnnflow.model_ref import USER_KEY
+
+    return {USER_KEY: {"ref": cfg.model, "model_args": cfg.model_args or {}, "input_scale": cfg.input_scale or "raw"}}

@@ -21,8 +21,6 @@ from torch import nn
 from bnnflow.errors import BnnflowError
 from bnnflow.model_ref import FORMS, ModelRef, check_input_scale, input_affine, parse_model_args, parse_model_ref
 
-USER_KEY = "user_model"  # the checkpoint entry that says how to rebuild a user's network
-
 
 class PixelScale(nn.Module):
     """x * step: raw pixels to what the network was trained on; `grid_step` tells the tie guard the grid.

@@ -60,14 +60,11 @@ def test_torchrun_two_processes_equal_one(tmp_path, cifar_train):
         assert (b["train_top1"], b["val_top1"], b["test_top1"]) == (a["train_top1"], a["val_top1"], a["test_top1"])
 
 
-def test_run_json_records_no_compile_under_torchrun(tmp_path):
-    """run.json says how the steps ran: several torchrun processes never compile, one process as asked."""
-    from bnnflow.models.run_folder import write_run_json
-
-    engine = {"engine": "fast", "bf16": False, "compile": True}
-    write_run_json(tmp_path, {"engine": engine, "processes": 2})
-    assert json.loads((tmp_path / "run.json").read_text())["engine"] == {**engine, "compile": False}
-    write_run_json(tmp_path, {"engine": engine, "processes": 2}, [{"epoch": 1, "test_top1": 0.5}], done=True)
-    assert json.loads((tmp_path / "run.json").read_text())["engine"]["compile"] is False
-    write_run_json(tmp_path, {"engine": engine})
-    assert json.loads((tmp_path / "run.json").read_text())["engine"]["compile"] is True
+def test_run_json_records_the_engine_as_it_ran(tmp_path):
+    """run.json says how the steps ran, taken from the engine itself: Brevitas' forward neither uses bf16
+    nor compiles, whatever --bf16/--compile asked for (under torchrun: see the test above)."""
+    argv = [a for a in RUN if a not in ("--no-compile", "--no-bf16")]
+    argv[argv.index("--epochs") + 1] = "1"
+    assert main([*argv, "--engine", "brevitas", "--bf16", "--compile", "--out", str(tmp_path / "run")]) == 0
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["engine"] == {"engine": "brevitas", "bf16": False, "compile": False}, run["engine"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bnnflow.cli_args import add_board_arg, add_data_args, hidden_alias
 from bnnflow.errors import BnnflowError
+from bnnflow.model_ref import USER_KEY
 
 DEFAULT_HW_IMAGES = 100
 
@@ -44,9 +45,18 @@ def hardware_build(checkpoint: Path, payload: dict, sha: str, board: str, build:
     from bnnflow.build_flows.build import ensure_build
     from bnnflow.build_flows.identity import BuildRequest
 
-    out = Path(build or Path("build") / f"eval-{payload['model']}-{payload['variant']}-{board}-{sha[:12]}")
-    req = BuildRequest(model=payload["model"], variant=payload["variant"], board=board, checkpoint=checkpoint,
-                       out=out, force=force)
+    user = payload.get(USER_KEY)
+    if isinstance(user, dict):  # a user's network trained by 'bnnflow train': built from its reference
+        from bnnflow.model_ref import parse_model_ref
+
+        name = parse_model_ref(user["ref"]).short_name
+        network = dict(model=user["ref"], model_args=user.get("model_args") or None,
+                       input_scale=user.get("input_scale"))
+    else:
+        name = f"{payload['model']}-{payload['variant']}"
+        network = dict(model=payload["model"], variant=payload["variant"])
+    out = Path(build or Path("build") / f"eval-{name}-{board}-{sha[:12]}")
+    req = BuildRequest(**network, board=board, checkpoint=checkpoint, out=out, force=force)
     out, reused, _ = ensure_build(req, flow.FOLDED_STEP, console)
     if reused:
         console.print(f"Reusing the build in {out}.")
@@ -85,7 +95,9 @@ def evaluate_checkpoint(checkpoint: Path, hw_images: int = DEFAULT_HW_IMAGES, bo
     result = {"checkpoint": str(checkpoint), "model": payload["model"], "variant": payload["variant"],
               "test_images": int(len(x)), "brevitas_top1": top1, "recorded_test_top1": meta.get("test_top1"),
               "hardware": None}
-    console.print(f"{payload['model']}/{payload['variant']}: Brevitas top-1 {top1:.2%} on {len(x)} CIFAR-10 test "
+    name = (payload["model"] if not isinstance(payload.get(USER_KEY), dict)
+            else payload["model"].rsplit("/", 1)[-1]) + ("" if payload["variant"] == "default" else f"/{payload['variant']}")
+    console.print(f"{name}: Brevitas top-1 {top1:.2%} on {len(x)} CIFAR-10 test "
                   "images" + (f" (recorded at training: {meta['test_top1']:.2%} on {meta.get('test_images')})"
                               if meta.get("test_top1") is not None else ""))
     if hw_images:
