@@ -9,6 +9,7 @@ not written here) and tests/user_nets/tiny_bnn.py.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,3 +107,23 @@ def test_user_network_training_errors_are_one_sentence(tmp_path, capsys, extra, 
 def test_what_cannot_train_is_one_sentence(tmp_path, capsys, argv, needle):
     code, _, err = cli(capsys, *argv, "--out", tmp_path / "run")
     assert code != 0 and needle in one_sentence(err)
+
+
+@pytest.mark.build
+def test_the_readme_example_model_trains_and_verifies(tmp_path, monkeypatch, capsys):
+    """The README's 30-line example network, copied out as a user would, trained by `bnnflow train` and
+    verified bit-exact from its best.pt with the README's commands."""
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("# my_nets/tiny_bnn.py")
+    (tmp_path / "my_nets").mkdir()
+    (tmp_path / "my_nets" / "tiny_bnn.py").write_text(readme[start:readme.index("```", start)])
+    monkeypatch.chdir(tmp_path)
+    ref = "my_nets/tiny_bnn.py:TinyBNN"
+    code, out, err = cli(capsys, "train", ref, "--epochs", 1, *SMALL, "--out", "runs/tiny")
+    assert code == 0, err
+    # the build command it suggests names the file absolutely (rich wraps lines anywhere: compare without spaces)
+    assert f"'bnnflowbuild{tmp_path / 'my_nets' / 'tiny_bnn.py'}:TinyBNN--checkpoint" in "".join(out.split())
+    code, out, err = cli(capsys, "verify", ref, "--checkpoint", "runs/tiny/best.pt", "--images", 20)
+    assert code == 0, err
+    verify = json.loads(next(Path("build").glob("*/verify.json")).read_text())
+    assert verify["all_identical"], verify
