@@ -133,10 +133,12 @@ def plot_curve(path: Path, history: list[dict], title: str) -> None:
 
     ep = [r["epoch"] for r in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    tested = [r for r in history if r.get("test_top1") is not None]  # --test-eval selected: best.pt's epochs
     a.plot(ep, [r["train_loss"] for r in history], "o-", label="train (augmented)")
-    a.plot(ep, [r["test_loss"] for r in history], "s-", label="test")
+    test_label = "test" if len(tested) == len(history) else "test (the epochs best.pt took)"
+    a.plot([r["epoch"] for r in tested], [r["test_loss"] for r in tested], "s-", label=test_label)
     b.plot(ep, [100 * r["train_top1"] for r in history], "o-", label="train (augmented)")
-    b.plot(ep, [100 * r["test_top1"] for r in history], "s-", label="test")
+    b.plot([r["epoch"] for r in tested], [100 * r["test_top1"] for r in tested], "s-", label=test_label)
     val = [(r["epoch"], r["val_loss"], r["val_top1"]) for r in history if r.get("val_top1") is not None]
     if val:
         a.plot([v[0] for v in val], [v[1] for v in val], "^-", label="validation")

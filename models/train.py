@@ -419,7 +419,10 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict, float]:
         stats = _train_epoch(engine, x, y, epoch, cfg, run.total_steps, bar)
     seconds = time.time() - t0
     val_loss, val_top1, _ = evaluate_tensors(engine, xv, yv, run.logit_scale) if len(xv) else (None, None, None)
-    test_loss, test_top1, _ = evaluate_tensors(engine, xt, yt, run.logit_scale)
+    # the test set is only reported, never selects: with --test-eval selected, only for the epochs best.pt takes
+    selected = selection_score({"epoch": epoch + 1, "val_top1": val_top1}) > run.best
+    test_loss, test_top1 = (evaluate_tensors(engine, xt, yt, run.logit_scale)[:2]
+                            if selected or cfg.test_eval == "every" else (None, None))
     row = {"epoch": epoch + 1, "train_loss": stats["train_loss"], "train_top1": stats["train_top1"],
            "val_loss": val_loss, "val_top1": val_top1, "test_loss": test_loss, "test_top1": test_top1,
            "lr": stats["lr"], "tau": tau, "seconds": round(seconds, 2),
@@ -449,8 +452,9 @@ def _record_epoch(run: _Run, row: dict) -> bool:
 def _print_epoch(console, cfg: TrainConfig, row: dict, improved: bool, seconds: float) -> None:
     """One line per epoch (the tqdm bar on stderr is transient)."""
     val_text = f"  val {row['val_top1']:6.1%}" if row["val_top1"] is not None else ""
+    test_text = f"  test {row['test_top1']:6.1%}" if row["test_top1"] is not None else ""
     console.print(f"epoch {row['epoch']:3d}/{cfg.epochs}  loss {row['train_loss']:.3f}  train {row['train_top1']:6.1%}"
-                  f"{val_text}  test {row['test_top1']:6.1%}{' (best.pt)' if improved else ''}  "
+                  f"{val_text}{test_text}{' (best.pt)' if improved else ''}  "
                   f"{row['images_per_s']:.0f} img/s  {seconds:.0f} s")
 
 

@@ -106,3 +106,16 @@ def test_verify_sim_default_model(sim_run, model):
     if model == "resnete":  # its default weights are the committed checkpoint
         state = flow.BuildState(out).data
         assert (state.get("identity") or {}).get("weights", "").startswith("sha256:"), state.get("identity")
+        _check_committed_checkpoint(result, out)
+
+
+def _check_committed_checkpoint(result: dict, out) -> None:
+    """The committed trained ResNetE default fits the board, and on these 100 images it is in line with the
+    test top-1 its training recorded (a damaged or swapped checkpoint would be near chance)."""
+    from bnnflow.models.checkpoint import committed_checkpoint, recorded_top1
+
+    recorded = recorded_top1(committed_checkpoint("resnete", "default"))
+    assert recorded == pytest.approx(0.8121, abs=5e-5)  # the README's figure, until the next promotion
+    # 100 images: a standard error of ~4 points around the full-test-set figure; 3 of them allowed
+    assert abs(result["brevitas_top1_accuracy"] - recorded) <= 0.12, (result["brevitas_top1_accuracy"], recorded)
+    assert json.loads((out / "summary.json").read_text())["fits"]

@@ -380,3 +380,23 @@ def test_damaged_last_checkpoint_is_one_sentence_and_nothing_changes(runs, tmp_p
     if code != 0:
         one_sentence(err.getvalue())
         assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_test_set_is_evaluated_only_for_the_selected_epochs(tmp_path, cifar_train):
+    """--test-eval selected (the default) evaluates the test set only on the epochs that become best.pt, with
+    the same figures as --test-eval every, and the training itself is untouched by it."""
+    common = ["train", "cnv", *RUN, "--epochs", "4", "--seed", "2", "--lr", "0.02"]
+    assert main(common + ["--out", str(tmp_path / "selected")]) == 0
+    assert main(common + ["--out", str(tmp_path / "every"), "--test-eval", "every"]) == 0
+    a, b = (read_checkpoint(tmp_path / r / "last.pt") for r in ("selected", "every"))
+    assert tensors_equal(a["state_dict"], b["state_dict"])
+    ha, hb = a["train_state"]["history"], b["train_state"]["history"]
+    best = -1.0
+    for ra, rb in zip(ha, hb, strict=True):
+        assert ra["val_top1"] == rb["val_top1"] and rb["test_top1"] is not None
+        improved = ra["val_top1"] > best
+        best = max(best, ra["val_top1"])
+        assert (ra["test_top1"], ra["test_loss"]) == ((rb["test_top1"], rb["test_loss"]) if improved else (None, None))
+    assert any(r["test_top1"] is None for r in ha), [r["val_top1"] for r in ha]  # a run where some epoch did not improve
+    assert read_checkpoint(tmp_path / "selected" / "best.pt")["meta"]["test_top1"] == \
+        read_checkpoint(tmp_path / "every" / "best.pt")["meta"]["test_top1"]
