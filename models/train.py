@@ -418,6 +418,7 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict, float]:
               dynamic_ncols=True) as bar:
         stats = _train_epoch(engine, x, y, epoch, cfg, run.total_steps, bar)
     seconds = time.time() - t0
+    t1 = time.time()
     val_loss, val_top1, _ = evaluate_tensors(engine, xv, yv, run.logit_scale) if len(xv) else (None, None, None)
     # the test set is only reported, never selects: with --test-eval selected, only for the epochs best.pt takes
     selected = selection_score({"epoch": epoch + 1, "val_top1": val_top1}) > run.best
@@ -427,7 +428,8 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict, float]:
            "val_loss": val_loss, "val_top1": val_top1, "test_loss": test_loss, "test_top1": test_top1,
            "lr": stats["lr"], "tau": tau, "seconds": round(seconds, 2),
            "images_per_s": round(stats["seen"] / seconds, 1),
-           "engine": cfg.engine + ("+bf16" if engine.bf16 else "") + ("+compile" if engine.compile else "")}
+           "engine": cfg.engine + ("+bf16" if engine.bf16 else "") + ("+compile" if engine.compile else ""),
+           "eval_seconds": round(time.time() - t1, 2)}
     return row, seconds
 
 

@@ -398,5 +398,6 @@ def test_test_set_is_evaluated_only_for_the_selected_epochs(tmp_path, cifar_trai
         best = max(best, ra["val_top1"])
         assert (ra["test_top1"], ra["test_loss"]) == ((rb["test_top1"], rb["test_loss"]) if improved else (None, None))
     assert any(r["test_top1"] is None for r in ha), [r["val_top1"] for r in ha]  # a run where some epoch did not improve
+    assert all(r["eval_seconds"] > 0 for r in ha + hb)  # log.csv shows what the test passes cost
     assert read_checkpoint(tmp_path / "selected" / "best.pt")["meta"]["test_top1"] == \
         read_checkpoint(tmp_path / "every" / "best.pt")["meta"]["test_top1"]
