@@ -13,7 +13,6 @@ from pathlib import Path
 
 from bnnflow.cli_args import add_board_arg, add_data_args, hidden_alias
 from bnnflow.errors import BnnflowError
-from bnnflow.model_ref import USER_KEY
 
 DEFAULT_HW_IMAGES = 100
 
@@ -45,6 +44,8 @@ def hardware_build(checkpoint: Path, payload: dict, sha: str, board: str, build:
     from bnnflow.build_flows.build import ensure_build
     from bnnflow.build_flows.identity import BuildRequest
 
+    from bnnflow.model_ref import USER_KEY
+
     user = payload.get(USER_KEY)
     if isinstance(user, dict):  # a user's network trained by 'bnnflow train': built from its reference
         from bnnflow.model_ref import parse_model_ref
@@ -75,6 +76,7 @@ def evaluate_checkpoint(checkpoint: Path, hw_images: int = DEFAULT_HW_IMAGES, bo
     from bnnflow.models.checkpoint import load_checkpoint, read_checkpoint
     from bnnflow.models.data import load_cifar10
     from bnnflow.models.evaluate import brevitas_top1
+    from bnnflow.model_ref import USER_KEY
     from bnnflow.models.train import pick_device
 
     console = console or Console(quiet=True)
