@@ -150,11 +150,8 @@ def cmd_sweep(args) -> int:
     points = load_sweep(args.file, tuple(flow.STEP_NAMES))
     if args.dry_run:
         return _dry_run(console, points, args.build, point_key, folder_name, "to build")
-    console.print(f"Sweeping {len(points)} design points from {args.file} on {spec.describe()}; build folders in "
-                  f"{args.build}.")
-    with Progress(console, len(points), "points") as progress:
-        result = run_sweep(points, args.build, spec, force=args.force, retries=args.retries,
-                           on_row=progress.row, on_counts=progress.counts, shared=False if args.no_shared_dir else None)
+    result = _run_points(args, spec, console, points, run_sweep, "Sweeping {n} design points", "build", "points",
+                         lambda progress: progress.row)
     boards = list(dict.fromkeys(p.board for p in points))
     board = get_board(boards[0])
     report = {"board": ", ".join(boards), "part": board.part, "clock_mhz": board.clock_mhz,
@@ -170,6 +167,15 @@ def cmd_sweep(args) -> int:
                   f"{result['wall_seconds']:.0f} s.")
     check_failures(result["rows"])
     return 0
+
+
+def _run_points(args, spec, console, points, runner, doing: str, folders: str, unit: str, on_row_of):
+    """Announce the sweep, then run its points with a progress bar (design and training sweeps alike)."""
+    console.print(f"{doing.format(n=len(points))} from {args.file} on {spec.describe()}; {folders} folders in "
+                  f"{args.build}.")
+    with Progress(console, len(points), unit) as progress:
+        return runner(points, args.build, spec, force=args.force, retries=args.retries, on_row=on_row_of(progress),
+                      on_counts=progress.counts, shared=False if args.no_shared_dir else None)
 
 
 def _dry_run(console, points, build: Path, key_of, folder_of, todo: str) -> int:
@@ -190,12 +196,8 @@ def _train_sweep(args, points, spec, console) -> int:
 
     if args.dry_run:
         return _dry_run(console, points, args.build, train_key, train_folder_name, "to train")
-    console.print(f"Training {len(points)} points from {args.file} on {spec.describe()}; run folders in "
-                  f"{args.build}.")
-    with Progress(console, len(points), "runs") as progress:
-        result = run_train_sweep(points, args.build, spec, force=args.force, retries=args.retries,
-                                 on_row=lambda r: _train_line(console, r), on_counts=progress.counts,
-                                 shared=False if args.no_shared_dir else None)
+    result = _run_points(args, spec, console, points, run_train_sweep, "Training {n} points", "run", "runs",
+                         lambda progress: lambda r: _train_line(console, r))
     table = train_table(result["rows"])
     args.build.mkdir(parents=True, exist_ok=True)
     write_text(args.build / "train_sweep.md", f"Training sweep {args.file.name} on {spec.describe()}, wall time "
