@@ -104,11 +104,11 @@ def prepare_model(cfg: TrainConfig, device):
 
 def _user_network(cfg: TrainConfig):
     """A user's Brevitas network as its factory makes it, fed raw pixels (scaled as --input-scale says)."""
-    from .user_model import build_user_network, running
-
     import copy
 
     import torch
+
+    from .user_model import build_user_network, running
 
     net = build_user_network(cfg.model, cfg.model_args or {}, cfg.input_scale)
     # one training forward on a copy (its statistics stay untouched): a network that cannot take CIFAR-10

@@ -62,7 +62,7 @@ def test_evaluate_builds_a_trained_user_network_and_agrees_image_for_image(fc_ru
     assert code == 0, err
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["agree"] and result["hardware"]["identical_integer_logits"] == 30
-    assert "FC:FC: Brevitas top-1" in " ".join(out.split())
+    assert "FC-FC: Brevitas top-1" in " ".join(out.split())  # named as its build folder names it
     state = json.loads((tmp_path / "b" / "build_state.json").read_text())  # the build's saved identity
     assert FC_REF in state["source"] and "input=unit" in state["source"]
     assert state["checkpoint_sha256"] == file_sha256(fc_run / "best.pt")

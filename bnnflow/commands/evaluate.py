@@ -44,19 +44,13 @@ def hardware_build(checkpoint: Path, payload: dict, sha: str, board: str, build:
     from bnnflow.build_flows.build import ensure_build
     from bnnflow.build_flows.identity import BuildRequest
 
-    from bnnflow.model_ref import USER_KEY
-
-    user = payload.get(USER_KEY)
-    if isinstance(user, dict):  # a user's network trained by 'bnnflow train': built from its reference
-        from bnnflow.model_ref import parse_model_ref
-
-        name = parse_model_ref(user["ref"]).short_name
+    user = _user_spec(payload)
+    if user is not None:  # a user's network trained by 'bnnflow train': built from its reference
         network = dict(model=user["ref"], model_args=user.get("model_args") or None,
                        input_scale=user.get("input_scale"))
     else:
-        name = f"{payload['model']}-{payload['variant']}"
         network = dict(model=payload["model"], variant=payload["variant"])
-    out = Path(build or Path("build") / f"eval-{name}-{board}-{sha[:12]}")
+    out = Path(build or Path("build") / f"eval-{_network_name(payload, '-')}-{board}-{sha[:12]}")
     req = BuildRequest(**network, board=board, checkpoint=checkpoint, out=out, force=force)
     out, reused, _ = ensure_build(req, flow.FOLDED_STEP, console)
     if reused:
@@ -64,6 +58,24 @@ def hardware_build(checkpoint: Path, payload: dict, sha: str, board: str, build:
     if flow.FOLDED_STEP not in flow.BuildState(out).done:
         raise BnnflowError(f"The build in {out} stopped before '{flow.FOLDED_STEP}': see {out / 'build.log'}.")
     return out
+
+
+def _user_spec(payload: dict) -> dict | None:
+    """How to rebuild a user's network, for a checkpoint 'bnnflow train' wrote for one; None for a zoo model."""
+    from bnnflow.model_ref import USER_KEY
+
+    spec = payload.get(USER_KEY)
+    return spec if isinstance(spec, dict) else None
+
+
+def _network_name(payload: dict, sep: str = "/") -> str:
+    """'resnete/default', or a user's network as 'file-factory'."""
+    user = _user_spec(payload)
+    if user is None:
+        return f"{payload['model']}{sep}{payload['variant']}"
+    from bnnflow.model_ref import parse_model_ref
+
+    return parse_model_ref(user["ref"]).short_name
 
 
 def evaluate_checkpoint(checkpoint: Path, hw_images: int = DEFAULT_HW_IMAGES, board: str = "pynq-z2",
@@ -76,7 +88,6 @@ def evaluate_checkpoint(checkpoint: Path, hw_images: int = DEFAULT_HW_IMAGES, bo
     from bnnflow.models.checkpoint import load_checkpoint, read_checkpoint
     from bnnflow.models.data import load_cifar10
     from bnnflow.models.evaluate import brevitas_top1
-    from bnnflow.model_ref import USER_KEY
     from bnnflow.models.train import pick_device
 
     console = console or Console(quiet=True)
@@ -97,9 +108,7 @@ def evaluate_checkpoint(checkpoint: Path, hw_images: int = DEFAULT_HW_IMAGES, bo
     result = {"checkpoint": str(checkpoint), "model": payload["model"], "variant": payload["variant"],
               "test_images": int(len(x)), "brevitas_top1": top1, "recorded_test_top1": meta.get("test_top1"),
               "hardware": None}
-    name = (payload["model"] if not isinstance(payload.get(USER_KEY), dict)
-            else payload["model"].rsplit("/", 1)[-1]) + ("" if payload["variant"] == "default" else f"/{payload['variant']}")
-    console.print(f"{name}: Brevitas top-1 {top1:.2%} on {len(x)} CIFAR-10 test "
+    console.print(f"{_network_name(payload)}: Brevitas top-1 {top1:.2%} on {len(x)} CIFAR-10 test "
                   "images" + (f" (recorded at training: {meta['test_top1']:.2%} on {meta.get('test_images')})"
                               if meta.get("test_top1") is not None else ""))
     if hw_images:
