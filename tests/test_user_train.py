@@ -41,7 +41,7 @@ def fc_run(tmp_path_factory):
     return out
 
 
-def test_user_network_trains_through_brevitas_and_records_itself(fc_run):
+def test_user_network_trains_through_brevitas_and_records_itself(fc_run, capsys):
     run = json.loads((fc_run / "run.json").read_text())
     assert run["engine"] == {"engine": "brevitas", "bf16": False, "compile": False}
     assert run["config"]["input_scale"] == "unit" and run["config"]["model_args"]["out_features"] == [64, 64]
@@ -53,6 +53,8 @@ def test_user_network_trains_through_brevitas_and_records_itself(fc_run):
     assert all(v.dtype != torch.int8 for v in best["state_dict"].values())
     net, _ = load_checkpoint(fc_run / "best.pt")  # rebuilt from its reference, behind its 1/255 pixel scale
     assert net.scale is not None and net.scale.grid_step == pytest.approx(1 / 255)
+    code, out, _ = cli(capsys, "runs", fc_run)  # the recipe table names it as its run and build folders do
+    assert code == 0 and f"| {fc_run.name} | FC-FC | " in out
 
 
 @pytest.mark.build
