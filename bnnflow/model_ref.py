@@ -202,6 +202,17 @@ def user_source(ref: ModelRef | OnnxRef, model_args: dict, input_scale: str) -> 
     return ";".join(parts)
 
 
+def portable_ref(text: str) -> str:
+    """A FILE.py:factory reference with the file's absolute path, so it works from any directory; others as given."""
+    ref = parse_model_ref(text) if is_user_model(text) else None
+    return f"{ref.file.resolve()}:{ref.attr}" if isinstance(ref, ModelRef) and ref.file is not None else text
+
+
+def network_name(model: str, variant: str, sep: str = "/") -> str:
+    """A network in messages, tables and folder names: 'resnete/default', or a user's as 'file-factory'."""
+    return parse_model_ref(model).short_name if is_user_model(model) else f"{model}{sep}{variant}"
+
+
 def short_source(source: str) -> str:
     """A source for one-sentence messages: the zoo name, or the reference with a short file hash."""
     if source.startswith("zoo:"):

@@ -37,16 +37,9 @@ def _recipe_text(config: dict) -> str:
     return ", ".join(changed) or "plain (Adam 2e-3, cosine, crop+flip)"
 
 
-def _model_name(cfg: dict) -> str:
-    """'resnete/default', or a user's network as 'file-factory' (its reference is in run.json)."""
-    from bnnflow.model_ref import is_user_model, parse_model_ref
-
-    if is_user_model(cfg["model"]):
-        return parse_model_ref(cfg["model"]).short_name
-    return f"{cfg['model']}/{cfg['variant']}"
-
-
 def run_row(folder: Path) -> dict:
+    from bnnflow.model_ref import network_name
+
     from .train import _selected_row
 
     log, info = folder / "log.json", folder / "run.json"
@@ -63,7 +56,7 @@ def run_row(folder: Path) -> dict:
     threads = run.get("threads") or 2
     best = _selected_row(history)
     engines = sorted({r.get("engine", "brevitas") for r in history})
-    return {"run": folder.name, "model": _model_name(cfg), "recipe": _recipe_text(cfg),
+    return {"run": folder.name, "model": network_name(cfg["model"], cfg["variant"]), "recipe": _recipe_text(cfg),
             "engine": "+".join(engines) if len(engines) == 1 else " then ".join(engines),
             "epochs": f"{len(history)}/{cfg['epochs']}",
             "cpu_hours": sum(r["seconds"] for r in history) * threads / 3600,

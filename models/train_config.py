@@ -87,12 +87,10 @@ class TrainConfig:
 
     @property
     def name(self) -> str:
-        """'resnete/default', or a user's network as 'file-factory' (bnnflow.model_ref.ModelRef.short_name)."""
-        if not self.is_user_model:
-            return f"{self.model}/{self.variant}"
-        from bnnflow.model_ref import parse_model_ref
+        """'resnete/default', or a user's network as 'file-factory'."""
+        from bnnflow.model_ref import network_name
 
-        return parse_model_ref(self.model).short_name
+        return network_name(self.model, self.variant)
 
     @property
     def is_user_model(self) -> bool:
@@ -192,10 +190,12 @@ def config_from_args(args) -> TrainConfig:
         else:
             values[key] = v
             explicit.add(key)
+    from bnnflow.model_ref import portable_ref  # a FILE.py:factory run resumes from any directory
+
     model, user = args.model, _user_network_args(args)
     if model is not None:
         explicit.add("model")
-        model = _model_anywhere(model)
+        model = portable_ref(model)
     explicit.update(k for k, v in user.items() if v is not None)
     explicit.update(k for k in ENGINE_KEYS if getattr(args, k, None) is not None)
     return TrainConfig(model=model, **user, data=str(args.data) if args.data else None,
@@ -214,14 +214,6 @@ def _user_network_args(args) -> dict:
     scale = input_description(getattr(args, "input_scale", None), getattr(args, "input_mean", None),
                               getattr(args, "input_std", None))
     return {"model_args": parse_model_args(text) if text is not None else None, "input_scale": scale}
-
-
-def _model_anywhere(model: str) -> str:
-    """A user's FILE.py:factory with the file's absolute path, so a run resumes from any directory."""
-    from bnnflow.model_ref import ModelRef, is_user_model, parse_model_ref
-
-    ref = parse_model_ref(model) if is_user_model(model) else None
-    return f"{ref.file.resolve()}:{ref.attr}" if isinstance(ref, ModelRef) and ref.file is not None else model
 
 
 def _check_user_network(cfg: TrainConfig) -> None:

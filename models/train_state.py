@@ -87,10 +87,8 @@ def cpu_copy(net, baked: bool, compact: bool = True):
 
     if not baked:
         return _Holder(net.state_dict())
-    if not compact:
-        return _Holder(baked_state_dict(net))
     sd = baked_state_dict(net)
-    for name, _ in binary_layers(net):
+    for name, _ in binary_layers(net) if compact else ():
         w = sd[f"{name}.weight"]
         sd[f"{name}.weight"] = torch.where(w >= 0, 1, -1).to(torch.int8)
     return _Holder(sd)
@@ -132,4 +130,6 @@ def user_payload(cfg: TrainConfig) -> dict:
         return {}
     from bnnflow.model_ref import USER_KEY
 
-    return {USER_KEY: {"ref": cfg.model, "model_args": cfg.model_args or {}, "input_scale": cfg.input_scale or "raw"}}
+    from .user_model import user_spec
+
+    return {USER_KEY: user_spec(cfg)}

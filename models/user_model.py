@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from bnnflow.errors import BnnflowError
-from bnnflow.model_ref import FORMS, ModelRef, check_input_scale, input_affine, parse_model_args, parse_model_ref
+from bnnflow.model_ref import (FORMS, ModelRef, check_input_scale, input_affine, parse_model_args, parse_model_ref,
+                               portable_ref)
 
 
 class PixelScale(nn.Module):
@@ -146,9 +147,7 @@ def build_user_network(model: str, model_args: dict | str | None = None, input_s
 def user_spec(req) -> dict:
     """What a checkpoint records to rebuild the network of a request."""
     args = req.model_args if isinstance(req.model_args, dict) else parse_model_args(req.model_args)
-    ref = parse_model_ref(req.model)
-    text = f"{ref.file.resolve()}:{ref.attr}" if ref.file is not None else ref.text  # any working directory
-    return {"ref": text, "model_args": args, "input_scale": check_input_scale(req.input_scale, zoo=False)}
+    return {"ref": portable_ref(req.model), "model_args": args, "input_scale": check_input_scale(req.input_scale, zoo=False)}
 
 
 def network_of(spec: dict) -> nn.Module:

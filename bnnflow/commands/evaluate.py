@@ -50,7 +50,10 @@ def hardware_build(checkpoint: Path, payload: dict, sha: str, board: str, build:
                        input_scale=user.get("input_scale"))
     else:
         network = dict(model=payload["model"], variant=payload["variant"])
-    out = Path(build or Path("build") / f"eval-{_network_name(payload, '-')}-{board}-{sha[:12]}")
+    from bnnflow.model_ref import network_name
+
+    name = network_name(payload["model"], payload["variant"], "-")
+    out = Path(build or Path("build") / f"eval-{name}-{board}-{sha[:12]}")
     req = BuildRequest(**network, board=board, checkpoint=checkpoint, out=out, force=force)
     out, reused, _ = ensure_build(req, flow.FOLDED_STEP, console)
     if reused:
@@ -68,16 +71,6 @@ def _user_spec(payload: dict) -> dict | None:
     return spec if isinstance(spec, dict) else None
 
 
-def _network_name(payload: dict, sep: str = "/") -> str:
-    """'resnete/default', or a user's network as 'file-factory'."""
-    user = _user_spec(payload)
-    if user is None:
-        return f"{payload['model']}{sep}{payload['variant']}"
-    from bnnflow.model_ref import parse_model_ref
-
-    return parse_model_ref(user["ref"]).short_name
-
-
 def evaluate_checkpoint(checkpoint: Path, hw_images: int = DEFAULT_HW_IMAGES, board: str = "pynq-z2",
                         build: Path | None = None, force: bool = False, data: Path | None = None,
                         device: str = "auto", console=None) -> dict:
@@ -88,6 +81,7 @@ def evaluate_checkpoint(checkpoint: Path, hw_images: int = DEFAULT_HW_IMAGES, bo
     from bnnflow.models.checkpoint import load_checkpoint, read_checkpoint
     from bnnflow.models.data import load_cifar10
     from bnnflow.models.evaluate import brevitas_top1
+    from bnnflow.model_ref import network_name
     from bnnflow.models.train import pick_device
 
     console = console or Console(quiet=True)
@@ -108,7 +102,7 @@ def evaluate_checkpoint(checkpoint: Path, hw_images: int = DEFAULT_HW_IMAGES, bo
     result = {"checkpoint": str(checkpoint), "model": payload["model"], "variant": payload["variant"],
               "test_images": int(len(x)), "brevitas_top1": top1, "recorded_test_top1": meta.get("test_top1"),
               "hardware": None}
-    console.print(f"{_network_name(payload)}: Brevitas top-1 {top1:.2%} on {len(x)} CIFAR-10 test "
+    console.print(f"{network_name(payload['model'], payload['variant'])}: Brevitas top-1 {top1:.2%} on {len(x)} CIFAR-10 test "
                   "images" + (f" (recorded at training: {meta['test_top1']:.2%} on {meta.get('test_images')})"
                               if meta.get("test_top1") is not None else ""))
     if hw_images:
