@@ -18,13 +18,14 @@ build: setup
 # (tests/test_sim_defaults.py: g++/Verilator compiles, cached across runs by ccache in
 # $$BNNFLOW_CCACHE_DIR), the tests that need no shared build (training, user networks, sweeps, ...), and in
 # front the tests on the session-wide tiny/default builds (tests/conftest.py; built once). Each prints its
-# slowest tests; the side sessions' reports follow the front one's.
+# slowest tests; the side sessions' reports follow the front one's, then the tests that cost the most CPU
+# seconds in all sessions together (tests/conftest.py, BNNFLOW_TEST_CPU): what CI time is made of.
 BESIDE_MARKS := image|simdefaults|not image and not simdefaults and not shared_builds
 FRONT        := not image and not simdefaults and shared_builds
 PYTEST       := $(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15
 
 test: setup
-	@dir=$$(mktemp -d); pids=""; i=0; marks='$(BESIDE_MARKS)'; \
+	@dir=$$(mktemp -d); mkdir "$$dir/cpu"; export BNNFLOW_TEST_CPU="$$dir/cpu"; pids=""; i=0; marks='$(BESIDE_MARKS)'; \
 	IFS='|'; for m in $$marks; do \
 	  i=$$((i+1)); mkdir "$$dir/$$i"; echo "$$m" > "$$dir/$$i.mark"; \
 	  $(PYTEST) --basetemp="$$dir/$$i/tmp" -m "$$m" >"$$dir/$$i.log" 2>&1 & \
@@ -33,6 +34,9 @@ test: setup
 	$(PYTEST) -m "$(FRONT)"; rc=$$?; \
 	for p in $$pids; do wait $$p || rc=1; done; \
 	for j in $$(seq 1 $$i); do echo "--- pytest -m '$$(cat $$dir/$$j.mark)':"; cat "$$dir/$$j.log"; done; \
+	echo "--- CPU seconds per test, all sessions (a test's share includes the shared builds it set up):"; \
+	sort -rn "$$dir"/cpu/*.tsv | head -15; \
+	awk -F'\t' '{s += $$1; n++} END {printf "%.0f CPU seconds in %d tests\n", s, n}' "$$dir"/cpu/*.tsv; \
 	rm -rf "$$dir"; exit $$rc
 
 test-fast: setup

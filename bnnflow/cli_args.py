@@ -12,6 +12,7 @@ Old spellings stay as hidden aliases for one release. Nothing heavy is imported 
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from bnnflow.catalog import MODEL_NAMES
@@ -125,18 +126,23 @@ def user_model_args(args) -> dict | None:
 
 def model_words(args) -> str:
     """The network as a command line names it: 'cnv --variant tiny', or a reference with its flags."""
+    return network_words(args.model, args.variant, model_args=getattr(args, "model_args", None),
+                         input_scale=getattr(args, "input_scale", None), input_mean=getattr(args, "input_mean", None),
+                         input_std=getattr(args, "input_std", None))
+
+
+def network_words(model: str, variant: str, *, model_args: str | None = None, input_scale: str | None = None,
+                  input_mean: str | None = None, input_std: str | None = None) -> str:
+    """'cnv --variant tiny', or a user reference followed by the flags that rebuild it, quoted for a shell."""
     from bnnflow.model_ref import is_user_model
 
-    if not is_user_model(args.model):
-        return f"{args.model} --variant {args.variant}"
-    words = [args.model]
-    if getattr(args, "model_args", None):
-        words.append(f"--model-args '{args.model_args}'")
-    if getattr(args, "input_scale", None):
-        words.append(f"--input-scale {args.input_scale}")
-    for flag in ("input_mean", "input_std"):
-        if getattr(args, flag, None):
-            words.append(f"--{flag.replace('_', '-')} {getattr(args, flag)}")
+    if not is_user_model(model):
+        return f"{model} --variant {variant}"
+    words = [shlex.quote(model)]
+    for flag, value in (("--model-args", model_args), ("--input-scale", input_scale), ("--input-mean", input_mean),
+                        ("--input-std", input_std)):
+        if value:
+            words.append(f"{flag} {shlex.quote(value)}")
     return " ".join(words)
 
 

@@ -208,8 +208,8 @@ def _train(cfg: TrainConfig, console, parallel) -> dict:
         return already
     run = _start_run(cfg, out, saved, console, parallel)
     for epoch in range(run.start_epoch, run.end_epoch):
-        row, seconds = _run_epoch(run, epoch)
-        improved = _record_epoch(run, row)
+        row, seconds, improved = _run_epoch(run, epoch)
+        _record_epoch(run, row, improved)
         _print_epoch(console, run.cfg, row, improved, seconds)
     return _finish(run, console)
 
@@ -400,9 +400,9 @@ def _train_epoch(engine, x, y, epoch: int, cfg: TrainConfig, total_steps: int, p
             "lr": engine.opts[0].param_groups[0]["lr"]}
 
 
-def _run_epoch(run: _Run, epoch: int) -> tuple[dict, float]:
+def _run_epoch(run: _Run, epoch: int) -> tuple[dict, float, bool]:
     """Train one epoch, then evaluate on the held-out and test images: (the epoch's log row, seconds
-    of training)."""
+    of training, whether best.pt selects it)."""
     from tqdm import tqdm
 
     from . import recu
@@ -430,25 +430,21 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict, float]:
            "images_per_s": round(stats["seen"] / seconds, 1),
            "engine": cfg.engine + ("+bf16" if engine.bf16 else "") + ("+compile" if engine.compile else ""),
            "eval_seconds": round(time.time() - t1, 2)}
-    return row, seconds
+    return row, seconds, selected
 
 
-def _record_epoch(run: _Run, row: dict) -> bool:
-    """Add the epoch to the history; best.pt when it is the selected one (returns True), last.pt and
-    the logs every time."""
+def _record_epoch(run: _Run, row: dict, selected: bool) -> None:
+    """Add the epoch to the history; best.pt when it is the selected one, last.pt and the logs every time."""
     run.history.append(row)
-    score = selection_score(row)
-    improved = score > run.best
-    if improved:
-        run.best = score
+    if selected:
+        run.best = selection_score(row)
     if not run.main:
-        return improved
-    if improved:
+        return
+    if selected:
         save_best(run.out, run.net, run.cfg, run.data_info, row, len(run.tensors[2]), int(len(run.tensors[4])))
     save_last(run.out, run.net, run.cfg, run.data_info, run.history, run.opts, run.logit_scale,
               run.steps_per_epoch, run.total_steps)
     write_logs(run.out, run.history, run.title)
-    return improved
 
 
 def _print_epoch(console, cfg: TrainConfig, row: dict, improved: bool, seconds: float) -> None:
@@ -462,21 +458,18 @@ def _print_epoch(console, cfg: TrainConfig, row: dict, improved: bool, seconds: 
 
 def _model_words(cfg: TrainConfig) -> str:
     """The network as 'bnnflow build' names it."""
-    if not cfg.is_user_model:
-        return f"{cfg.model} --variant {cfg.variant}"
     import json
 
+    from bnnflow.cli_args import network_words
     from bnnflow.model_ref import input_affine
 
-    words = [cfg.model]
-    if cfg.model_args:
-        words.append(f"--model-args '{json.dumps(cfg.model_args)}'")
+    if not cfg.is_user_model:
+        return network_words(cfg.model, cfg.variant)
     step, mean, std = input_affine(cfg.input_scale)
-    if step != 1.0:
-        words.append("--input-scale unit")
-    if mean is not None:
-        words.append(f"--input-mean {','.join(map(repr, mean))} --input-std {','.join(map(repr, std))}")
-    return " ".join(words)
+    return network_words(cfg.model, cfg.variant, model_args=json.dumps(cfg.model_args) if cfg.model_args else None,
+                         input_scale="unit" if step != 1.0 else None,
+                         input_mean=",".join(map(repr, mean)) if mean is not None else None,
+                         input_std=",".join(map(repr, std)) if std is not None else None)
 
 
 def _finish(run: _Run, console) -> dict:

@@ -41,6 +41,33 @@ def pytest_sessionstart(session):
         pytest.exit(msg, returncode=2)
 
 
+# CPU seconds per test (its own process and the children it waited for, fixtures it set up included), for
+# finding what makes CI slow on a shared machine where wall-clock durations mostly measure the neighbours:
+# BNNFLOW_TEST_CPU=DIR writes DIR/cpu-PID.tsv per pytest session ("seconds<TAB>test id", most expensive first).
+_CPU_SECONDS: dict[str, float] = {}
+
+
+def _cpu_now() -> float:
+    import resource
+
+    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    start = _cpu_now()
+    yield
+    _CPU_SECONDS[item.nodeid] = _cpu_now() - start
+
+
+def pytest_sessionfinish(session):
+    report = os.environ.get("BNNFLOW_TEST_CPU")
+    if report and _CPU_SECONDS:
+        lines = [f"{sec:.1f}\t{test}" for test, sec in sorted(_CPU_SECONDS.items(), key=lambda kv: -kv[1])]
+        Path(report, f"cpu-{os.getpid()}.tsv").write_text("\n".join(lines) + "\n")
+
+
 @pytest.fixture(scope="session")
 def cifar_train():
     """The first 512 real CIFAR-10 training images and labels (uint8 NHWC, int64)."""

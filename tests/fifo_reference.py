@@ -70,36 +70,45 @@ def reference_simulate(g, depths: dict[int, int | None] | None = None, frames: i
     pc = [0] * len(seq)
     rc = [0] * len(swg)  # inputs read so far
     wc = [0] * len(swg)  # outputs written so far
+    unfinished = len(seq) + len(swg)
+    is_source = [e in source for e in range(n)]
+
+    # occ changes only at the end of a cycle (through `delta`), so during a cycle it holds the start-of-cycle
+    # occupancies every test is made on
+    def has(e: int) -> bool:
+        return occ[e] > 0 or is_source[e]
+
+    def room(e: int) -> bool:
+        return occ[e] < cap[e]
 
     frame_done: list[int] = []
     cycle = 0
     while True:
-        if all(pc[i] >= programs[i][0] * frames for i in range(len(seq))) and \
-                all(wc[i] >= p.swg["out"] * frames for i, p in enumerate(swg)):
+        if unfinished == 0:
             return RefResult(False, cycle, frame_done, peak)
-        has = [occ[e] > 0 or e in source for e in range(n)]
-        room = [occ[e] < cap[e] for e in range(n)]
-        delta = [0] * n
+        delta: dict[int, int] = {}
         moved = False
         for i, (steps, reads, writes) in enumerate(programs):
             if pc[i] >= steps * frames:
                 continue
             s = pc[i] % steps
-            if all(has[e] for e in reads[s]) and all(room[e] for e in writes[s]):
+            if all(has(e) for e in reads[s]) and all(room(e) for e in writes[s]):
                 for e in reads[s]:
-                    delta[e] -= 1
+                    delta[e] = delta.get(e, 0) - 1
                 for e in writes[s]:
-                    delta[e] += 1
+                    delta[e] = delta.get(e, 0) + 1
                 pc[i] += 1
+                unfinished -= pc[i] == steps * frames
                 moved = True
         for i, p in enumerate(swg):
             m = p.swg
             e_in, e_out = p.ins[0], p.outs[0]
             if wc[i] < m["out"] * frames:
                 frame, j = divmod(wc[i], m["out"])
-                if rc[i] > m["need"][j] + frame * m["in"] and room[e_out]:
-                    delta[e_out] += 1
+                if rc[i] > m["need"][j] + frame * m["in"] and room(e_out):
+                    delta[e_out] = delta.get(e_out, 0) + 1
                     wc[i] += 1
+                    unfinished -= wc[i] == m["out"] * frames
                     moved = True
                     oldest_changed = True
                 else:
@@ -113,18 +122,18 @@ def reference_simulate(g, depths: dict[int, int | None] | None = None, frames: i
                 oldest = m["oldest"][j] + frame * m["in"]
             else:
                 oldest = m["in"] * frames
-            if rc[i] < m["in"] * frames and has[e_in] and rc[i] - oldest < m["buffer"]:
-                delta[e_in] -= 1
+            if rc[i] < m["in"] * frames and has(e_in) and rc[i] - oldest < m["buffer"]:
+                delta[e_in] = delta.get(e_in, 0) - 1
                 rc[i] += 1
                 moved = True
         if not moved:
             return RefResult(True, cycle, frame_done, peak)
-        for e in range(n):
-            if e not in source:
-                occ[e] += delta[e]
+        for e, d in delta.items():
+            if not is_source[e]:
+                occ[e] += d
                 if occ[e] > peak[e]:
                     peak[e] = occ[e]
-        received += delta[out_edge]
+        received += delta.get(out_edge, 0)
         cycle += 1
         while len(frame_done) < frames and received >= (len(frame_done) + 1) * out_tokens:
             frame_done.append(cycle)

@@ -13,7 +13,8 @@ from conftest import REPO, SHARED_DATA, shared_npz
 
 
 def _pytest(tmp_path: Path, **env) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in ("CI", "BNNFLOW_REQUIRE_DATA", "BNNFLOW_DATA")}
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("CI", "BNNFLOW_REQUIRE_DATA", "BNNFLOW_DATA", "BNNFLOW_TEST_CPU")}
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            "tests/test_models.py::test_unknown_names_are_one_sentence"],
                           cwd=REPO, env={**clean, **env}, capture_output=True, text=True, timeout=300)

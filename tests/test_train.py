@@ -401,3 +401,31 @@ def test_test_set_is_evaluated_only_for_the_selected_epochs(tmp_path, cifar_trai
     assert all(r["eval_seconds"] > 0 for r in ha + hb)  # log.csv shows what the test passes cost
     assert read_checkpoint(tmp_path / "selected" / "best.pt")["meta"]["test_top1"] == \
         read_checkpoint(tmp_path / "every" / "best.pt")["meta"]["test_top1"]
+
+
+# texts with the characters a shell treats specially: the words must survive copy and paste
+_JSON_VALUES = st.one_of(st.integers(), st.booleans(), st.text(alphabet="ab '\"\\$;", max_size=8),
+                         st.lists(st.integers(), max_size=3))
+_CHANNELS = st.lists(st.floats(0.01, 300, allow_nan=False), min_size=3, max_size=3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(args=st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,5}", fullmatch=True), _JSON_VALUES, max_size=3),
+       unit=st.booleans(), norm=st.one_of(st.none(), st.tuples(_CHANNELS, _CHANNELS)))
+def test_finished_line_names_a_user_network_as_build_reads_it(args, unit, norm):
+    """The 'use it with bnnflow build ...' words of a user's run parse back to the same network and inputs."""
+    import json
+    import shlex
+
+    from bnnflow.cli import parser
+    from bnnflow.model_ref import input_description, parse_model_args
+    from bnnflow.models.train import _model_words
+
+    join = lambda vs: ",".join(map(repr, vs))  # noqa: E731
+    mean, std = (join(norm[0]), join(norm[1])) if norm else (None, None)
+    scale = input_description("unit" if unit else None, mean, std)
+    cfg = TrainConfig(model="my nets/net.py:build", model_args=args or None, input_scale=scale)
+    parsed = parser().parse_args(["build", *shlex.split(_model_words(cfg))])
+    assert parsed.model == cfg.model
+    assert (parse_model_args(parsed.model_args) if parsed.model_args else {}) == json.loads(json.dumps(args))
+    assert input_description(parsed.input_scale, parsed.input_mean, parsed.input_std) == scale
