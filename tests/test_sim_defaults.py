@@ -115,7 +115,7 @@ def _check_committed_checkpoint(result: dict, out) -> None:
     from bnnflow.models.checkpoint import committed_checkpoint, recorded_top1
 
     recorded = recorded_top1(committed_checkpoint("resnete", "default"))
-    assert recorded == pytest.approx(0.8454, abs=5e-5)  # the README's figure, until the next promotion
+    assert recorded == pytest.approx(0.8523, abs=5e-5)  # the README's figure, until the next promotion
     # 100 images: a standard error of ~4 points around the full-test-set figure; 3 of them allowed
     assert abs(result["brevitas_top1_accuracy"] - recorded) <= 0.12, (result["brevitas_top1_accuracy"], recorded)
     assert json.loads((out / "summary.json").read_text())["fits"]
