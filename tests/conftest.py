@@ -50,8 +50,8 @@ _CPU_SECONDS: dict[str, float] = {}
 def _cpu_now() -> float:
     import resource
 
-    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
-               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
 
 
 @pytest.hookimpl(hookwrapper=True)
