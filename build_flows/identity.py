@@ -76,6 +76,13 @@ def committed_folding(model: str, variant: str, board: str) -> Path | None:
     return path if path.is_file() else None
 
 
+# models/tie_guard.py's version, part of every build's identity: a build whose weights an older guard
+# adjusted (2: boundaries go to the side PyTorch puts a tie on; 1: the nearer side) is rebuilt, never reused
+TIE_GUARD_VERSION = 2
+EXPORT = f"tie_guard={TIE_GUARD_VERSION}"
+FIRST_EXPORT = "tie_guard=1"
+
+
 @dataclass(frozen=True)
 class BuildIdentity:
     """What a build folder holds. Saved in build_state.json under "identity".
@@ -84,6 +91,7 @@ class BuildIdentity:
     weights: "sha256:<hex>" of the checkpoint, or "random:seed=N;calibration=V".
     folding: "sha256:<hex>" of the folding config, "auto", or "target_fps:N".
     budget: "lut=<share>,bram=<share>" the fit is judged against.
+    export: "tie_guard=<version>" of models/tie_guard.py that adjusted the exported weights.
     """
 
     source: str
@@ -92,18 +100,20 @@ class BuildIdentity:
     weights: str
     folding: str
     budget: str
+    export: str = EXPORT
 
     # what every step depends on, and what only the folding step and later ones depend on
-    BEFORE_FOLDING = ("source", "variant", "board", "weights")
+    BEFORE_FOLDING = ("source", "variant", "board", "weights", "export")
     FOLDING_FIELDS = ("folding", "budget")
     TITLES = {"source": "network", "variant": "variant", "board": "board", "weights": "weights",
-              "folding": "folding", "budget": "resource budget"}
+              "folding": "folding", "budget": "resource budget", "export": "export"}
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> BuildIdentity:
+        data = {"export": FIRST_EXPORT, **data}  # saved before the field existed
         return cls(**{k: str(data.get(k)) for k in cls.__dataclass_fields__})
 
     def differences(self, other: BuildIdentity, fields: tuple[str, ...] | None = None) -> list[str]:
@@ -188,4 +198,4 @@ def saved_identity(state: dict) -> BuildIdentity | None:
     return BuildIdentity(source=f"zoo:{state['model']}", variant=str(state.get("variant")), board=str(board),
                          weights=f"sha256:{sha}" if sha else f"random:seed={state.get('seed', 0)}",
                          folding=folding_id(Path(folding) if folding else None, state.get("target_fps")),
-                         budget=budget_id(b, None, None) if b else "unknown")
+                         budget=budget_id(b, None, None) if b else "unknown", export=FIRST_EXPORT)

@@ -5,10 +5,13 @@ edge convs: input scale x weight scale), so its output is `y = A * acc + B` per 
 quantizer after it rounds `y / s` (or takes its sign). FINN turns this into integer thresholds on
 `acc`, computed in float32. Where an exact boundary lies within float error of an integer `acc`,
 PyTorch (float32 or float64) and FINN can break the tie differently: on random and trained nets
-this flipped a logit on ~1 % of CIFAR-10 images (a flipped activation propagates). `guard_rounding_ties` shifts each affected
-channel's batch-norm bias by a fraction of one accumulator step so that every boundary is at
-least `margin` steps from an integer. Only activations that sat on such a near-tie can change;
-afterwards PyTorch and the hardware agree exactly.
+this flipped a logit on ~1 % of CIFAR-10 images (a flipped activation propagates).
+`guard_rounding_ties` shifts each affected channel's batch-norm bias so that every boundary is at
+least `margin` steps from an integer, and moves a boundary that sat on an integer to the side the
+network itself (its batch norm and quantizer, in its own dtype) puts that integer on. So the
+guarded network computes what the checkpoint computed, and PyTorch and the hardware then agree
+exactly. Where a conv's float rounding gives one integer accumulator two answers in PyTorch (edge
+convs on float grids), the guard follows the majority.
 """
 
 from __future__ import annotations
@@ -107,18 +110,68 @@ def _trace_units(net: nn.Module, x: torch.Tensor) -> tuple[list, dict]:
     return [e for e in events if not hasattr(e[0], "grid_step")], grids
 
 
-def _shift(acc_bounds: np.ndarray, margin: float) -> float:
-    """Smallest |eps| so that every acc_bounds - eps is at least `margin` from an integer."""
+ULP_PROBES = 4  # a tie is also asked at this many neighbouring float values on each side (convs on
+# float grids were seen to miss k * unit by up to 8 ulps)
+
+
+def _pytorch_above(bn: nn.Module, quant: nn.Module, shape: tuple, unit: float, bounds: np.ndarray,
+                   ties: list[tuple[int, int, int]]) -> list[bool]:
+    """For each (channel, boundary index, integer acc) in `ties`: does PyTorch, in the net's own dtype,
+    put that accumulator value above the boundary? Runs the real batch norm and quantizer on a batch
+    of the traced input's shape, so the answer is what the network computes, rounding included. A conv
+    on a non-power-of-two grid can miss k * unit by an ulp or two, so the answer is the majority over
+    the nearest float value and its ULP_PROBES neighbours on each side."""
+    channels, spatial, dtype = shape[1], tuple(shape[2:]), bn.weight.dtype
+    probes = 2 * ULP_PROBES + 1
+    slot = {}  # (channel, k) -> its place among the channel's values
+    for c, _, k in ties:
+        slot.setdefault((c, k), sum(1 for key in slot if key[0] == c))
+    depth = probes * (max(slot.values()) + 1)
+    flat = torch.zeros(channels, depth, *spatial, dtype=dtype)
+    for (c, k), i in slot.items():
+        value = torch.tensor(k * unit, dtype=dtype)
+        down = up = value
+        column = [value]
+        for _ in range(ULP_PROBES):
+            down, up = torch.nextafter(down, down - 1), torch.nextafter(up, up + 1)
+            column += [down, up]
+        flat.view(channels, depth, -1)[c, i * probes:(i + 1) * probes, 0] = torch.stack(column)
+    with torch.no_grad():
+        v = quant(bn(flat.transpose(0, 1).contiguous()))
+    v = (v.value if isinstance(v, QuantTensor) else v).transpose(0, 1).reshape(channels, depth, -1)[..., 0]
+    return [int((v[c, slot[(c, k)] * probes:(slot[(c, k)] + 1) * probes] > bounds[j]).sum()) > probes // 2
+            for c, j, k in ties]
+
+
+def _shift(acc_bounds: np.ndarray, margin: float, floor: float, tie_below: dict[int, bool]) -> tuple[float, float, bool]:
+    """(eps, kept margin, PyTorch's sides kept): a shift of the boundaries (new = acc_bounds - eps) that
+    puts each at least the kept margin from every integer without moving any integer to the other
+    side. A boundary within `margin` of an integer k (a tie) goes to the side of k given by
+    `tie_below[j]` (True: it ends below k); the others stay between the integers they lie between.
+    eps is 0 without ties, else the middle of the room. Where ties and near-ties crowd, the margin is
+    halved, down to `floor`; below that the smallest shift off the grid, whatever the ties' sides."""
+    lo = np.floor(acc_bounds)
+    for j, below in tie_below.items():
+        k = np.rint(acc_bounds[j])
+        lo[j] = k - 1 if below else k
+    kept = margin
+    while kept >= floor:
+        lo_eps, hi_eps = float(np.max(acc_bounds - (lo + 1 - kept))), float(np.min(acc_bounds - (lo + kept)))
+        if lo_eps <= hi_eps:
+            return (0.0 if not tie_below else (lo_eps + hi_eps) / 2), kept, True
+        kept /= 2
     frac = acc_bounds - np.floor(acc_bounds)
-    for step in range(0, int(4 / margin)):
-        for eps in ((step * margin / 4), -(step * margin / 4)):
+    for step in range(1, int(4 / margin)):
+        for eps in (step * margin / 4, -step * margin / 4):
             f = (frac - eps) % 1.0
             if np.all((f >= margin) & (f <= 1.0 - margin)):
-                return eps
-    raise RuntimeError("no tie-free shift found")
+                return eps, margin, False
+    raise RuntimeError(f"no tie-free shift found for accumulator boundaries {acc_bounds.tolist()}")
 
 
+# Changing which side a boundary goes to changes exported weights: bump build_flows/identity.TIE_GUARD_VERSION.
 FLOAT32_SLACK = 4e-7  # a few float32 roundings, relative to the threshold's magnitude
+MIN_MARGIN = 1e-5  # accumulator steps: the least distance from an integer a crowded boundary may keep
 
 
 def _site(events: list, i: int) -> tuple[float, np.ndarray] | str:
@@ -152,7 +205,7 @@ def guard_rounding_ties(net: nn.Module, margin: float = 1e-3) -> dict:
     """
     net.eval()
     events, _ = _trace_units(net, torch.zeros(1, 3, 32, 32))
-    changed, checked, skipped = 0, 0, []
+    changed, checked, skipped, kept, against = 0, 0, [], margin, 0
     names = {m: n for n, m in net.named_modules()}
     for i, (mod, _, _, _) in enumerate(events):
         if not isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -169,18 +222,30 @@ def guard_rounding_ties(net: nn.Module, margin: float = 1e-3) -> dict:
         a = gamma / std * unit  # y = a * acc + b
         b = beta - gamma * mu / std
         new_beta = beta.copy()
-        for c in range(len(a)):
-            checked += 1
-            if a[c] == 0 or not math.isfinite(a[c]):
-                continue
-            acc_bounds = (bounds - b[c]) / a[c]
-            eps = _shift(acc_bounds, max(margin, FLOAT32_SLACK * float(np.max(np.abs(acc_bounds)))))
+        live = [c for c in range(len(a)) if a[c] != 0 and math.isfinite(a[c])]
+        checked += len(a)
+        acc_bounds = {c: (bounds - b[c]) / a[c] for c in live}
+        floors = {c: max(FLOAT32_SLACK * float(np.max(np.abs(acc_bounds[c]))), MIN_MARGIN) for c in live}
+        margins = {c: max(margin, floors[c]) for c in live}
+        ties = [(c, j, int(np.rint(t))) for c in live for j, t in enumerate(acc_bounds[c])
+                if abs(t - np.rint(t)) < margins[c]]
+        tie_below = {c: {} for c in live}
+        if ties:  # a boundary goes below its integer when PyTorch puts that integer above it (slope > 0)
+            above = _pytorch_above(mod, events[i + 1][0], tuple(events[i][1].shape), unit, bounds, ties)
+            for (c, j, _), up in zip(ties, above):
+                tie_below[c][j] = up == (a[c] > 0)
+        for c in live:
+            eps, margin_c, as_pytorch = _shift(acc_bounds[c], margins[c], floors[c], tie_below[c])
+            kept = min(kept, margin_c)
+            against += not as_pytorch
             if eps:
                 new_beta[c] = beta[c] + eps * a[c]
                 changed += 1
         with torch.no_grad():
             mod.bias.copy_(torch.from_numpy(new_beta).to(mod.bias.dtype))
-    result = {"channels_checked": checked, "channels_shifted": changed, "margin": margin}
+    result = {"channels_checked": checked, "channels_shifted": changed, "margin": kept}
+    if against:  # channels whose ties could not all keep PyTorch's side: those accumulator values differ
+        result["channels_against_pytorch"] = against
     if skipped:  # only then: zoo builds keep the record they always had
         result["skipped"] = skipped
     return result

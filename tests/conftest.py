@@ -228,16 +228,16 @@ def _random_default_build(folder: Path, model: str) -> bool:
     """Does `folder` (`bnnflow benchmark`'s) hold model/default for the pynq-z2 with random weights (seed 0),
     built at least to specialize_layers? Read from its build_state.json, never changed."""
     from bnnflow.build_flows import flow
-    from bnnflow.build_flows.identity import weights_id
+    from bnnflow.build_flows.identity import EXPORT, BuildIdentity, weights_id
 
     try:
         data = flow.BuildState(folder).data
         if SPECIALISED_STEP not in data.get("done", []) or \
                 not flow.intermediate_path(folder, SPECIALISED_STEP).is_file():
             return False
-        ident = data["identity"]  # a build without one predates the current calibration
-        return (ident.get("source"), ident.get("variant"), ident.get("board"), ident.get("weights")) == \
-            (f"zoo:{model}", "default", "pynq-z2", weights_id(None, 0))
+        ident = BuildIdentity.from_dict(data["identity"])  # a build without one predates the current calibration
+        return (ident.source, ident.variant, ident.board, ident.weights, ident.export) == \
+            (f"zoo:{model}", "default", "pynq-z2", weights_id(None, 0), EXPORT)
     except Exception:  # a damaged or foreign folder: build our own
         return False
 

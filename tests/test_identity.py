@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnnflow.build_flows.identity import (AUTO_FOLDING, CALIBRATION_VERSION, BuildIdentity, BuildRequest,
-                                          folding_id, request_identity, saved_identity, weights_id)
+from bnnflow.build_flows.identity import (AUTO_FOLDING, CALIBRATION_VERSION, EXPORT, FIRST_EXPORT, BuildIdentity,
+                                          BuildRequest, folding_id, request_identity, saved_identity, weights_id)
 from bnnflow.hw.boards import get_board
 
 
@@ -68,8 +68,19 @@ def test_builds_from_before_the_identity_are_read_from_their_fields(tmp_path):
            "folding": str(fold), "target_fps": None}
     have = saved_identity(old)
     # random weights from before the identity: the first calibration, so never today's weights_id(None, 2)
-    assert have == ident(weights="random:seed=2", folding=folding_id(fold, None)) and have.weights != weights_id(None, 2)
+    assert have == ident(weights="random:seed=2", folding=folding_id(fold, None), export=FIRST_EXPORT)
+    assert have.weights != weights_id(None, 2)
     assert saved_identity({}) is None
+
+
+def test_builds_exported_by_an_older_tie_guard_are_not_reused():
+    """An identity saved before the export field existed: the first tie guard adjusted its weights."""
+    saved = ident().as_dict()
+    del saved["export"]
+    have = BuildIdentity.from_dict(saved)
+    assert have.export == FIRST_EXPORT != EXPORT == ident().export
+    assert not have.matches(ident(), through_folding=False)
+    assert have.describe_difference(ident(), have.differences(ident())) == f"export {FIRST_EXPORT}, not {EXPORT}"
 
 
 # ---------------------------------------------------------------------------- on a build folder

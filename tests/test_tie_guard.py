@@ -165,3 +165,27 @@ def test_exact_ties_fail_verify_without_the_guard_and_pass_with_it(cifar_test, t
         limit = 1e-9 if stage["stage"] == "Brevitas (PyTorch, float64)" else 0.05  # float32 stages: far from 0.5
         assert stage.get("max_distance_to_integer", 0.0) <= limit, stage
     assert distance >= 0.999e-3  # the guarded build's boundaries are at least the margin off the grid
+
+
+def test_guard_resolves_each_tie_the_way_pytorch_does(cifar_test, monkeypatch):
+    """On a net whose sign boundaries sit on the accumulator values images hit most, the guarded net
+    computes exactly what the unguarded one computes in float32, logit for logit: each boundary moved
+    off an integer goes to the side PyTorch put that integer on. Moved to the other side, many differ."""
+    x, _ = cifar_test
+    images = torch.from_numpy(x[1000:1200]).permute(0, 3, 1, 2).float()
+    outputs = {}
+    for sides in ("pytorch", "flipped"):
+        net, _ = _tied_cnv(x[:512])
+        with torch.no_grad():
+            before = net(images)
+        if sides == "flipped":
+            asked = tie_guard._pytorch_above
+            monkeypatch.setattr(tie_guard, "_pytorch_above", lambda *a: [not up for up in asked(*a)])
+        stats = tie_guard.guard_rounding_ties(net)
+        with torch.no_grad():
+            outputs[sides] = (before, net(images), stats)
+    before, after, stats = outputs["pytorch"]
+    assert stats["channels_shifted"] > 0
+    assert torch.equal(before, after)
+    before, after, _ = outputs["flipped"]
+    assert int((~(before == after).all(1)).sum()) > len(images) // 4

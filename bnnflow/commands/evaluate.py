@@ -13,7 +13,6 @@ from pathlib import Path
 
 from bnnflow.cli_args import add_board_arg, add_data_args, hidden_alias
 from bnnflow.errors import BnnflowError
-from bnnflow.model_ref import network_name
 
 DEFAULT_HW_IMAGES = 100
 
@@ -51,6 +50,8 @@ def hardware_build(checkpoint: Path, payload: dict, sha: str, board: str, build:
                        input_scale=user.get("input_scale"))
     else:
         network = dict(model=payload["model"], variant=payload["variant"])
+    from bnnflow.model_ref import network_name  # imports numpy: not at module level, the CLI stays light
+
     name = network_name(payload["model"], payload["variant"], "-")
     out = Path(build or Path("build") / f"eval-{name}-{board}-{sha[:12]}")
     req = BuildRequest(**network, board=board, checkpoint=checkpoint, out=out, force=force)
@@ -80,6 +81,7 @@ def evaluate_checkpoint(checkpoint: Path, hw_images: int = DEFAULT_HW_IMAGES, bo
     from bnnflow.models.checkpoint import load_checkpoint, read_checkpoint
     from bnnflow.models.data import load_cifar10
     from bnnflow.models.evaluate import brevitas_top1
+    from bnnflow.model_ref import network_name
     from bnnflow.models.train import pick_device
 
     console = console or Console(quiet=True)
