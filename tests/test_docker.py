@@ -70,7 +70,7 @@ def test_hadolint_passes():
 
 def test_dockerignore_keeps_local_state_out_of_the_context():
     patterns = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
-    assert {".git", ".venv", "build", "runs"} <= patterns
+    assert {".git", ".venv", "build", "runs", "models/runs"} <= patterns
     assert not any(p.startswith("docker") for p in patterns), "docker/wheels must stay in the build context"
 
 
