@@ -16,7 +16,9 @@
     (`write_cppsim_stub_libs`); it writes `-I$FINN_CUSTOM_HLS` unquoted into compile.sh, which
     swallows the next -I when the variable is unset (`finn_custom_hls_env`); it hard-codes
     `-fno-builtin -fno-inline`, which makes the binaries several times slower (`cppsim_fast_flags`,
-    outputs identical, tested).
+    outputs identical, tested); `HLSBackend.execute_node` packs every input into rtlsim's integer
+    stream in cppsim mode too, where nothing reads it, and that packing was most of a cppsim image
+    (`cppsim_without_rtlsim_packing`, outputs identical, tested).
 * qonnx 1.0.0 renames and sorts graphs in O(nodes^2) (a linear scan per tensor / per node),
   run after every transformation; on a 12-block ResNetE streamlining spends most of its time
   there. Its ComposedTransformation (FINN's StreamlinePlus) also re-runs the whole cleanup
@@ -323,3 +325,36 @@ def cppsim_fast_flags(enabled: bool = True):
         yield
     finally:
         CppBuilder.build = original
+
+
+@contextlib.contextmanager
+def cppsim_without_rtlsim_packing(enabled: bool = True):
+    """While inside (and enabled), FINN's HLSBackend.execute_node in cppsim mode skips
+    `npy_to_rtlsim_input`, whose result only its rtlsim branch reads.
+
+    finn-plus packs each input word into a hex string in Python whatever the mode; on BinaryDenseNet
+    default that was 52 s of the 73 s one image took through cppsim (cProfile). Nodes in rtlsim mode
+    run unchanged. The binaries read the same .npy files, so the outputs are the same
+    (tests/test_sim.py runs an image both ways)."""
+    if not enabled:
+        yield
+        return
+    from finn.custom_op.fpgadataflow import hlsbackend
+
+    original = hlsbackend.HLSBackend.execute_node
+
+    def execute_node(self, context, graph):
+        if self.get_nodeattr("exec_mode") != "cppsim":
+            return original(self, context, graph)
+        packing = hlsbackend.npy_to_rtlsim_input
+        hlsbackend.npy_to_rtlsim_input = lambda *args, **kwargs: None
+        try:
+            return original(self, context, graph)
+        finally:
+            hlsbackend.npy_to_rtlsim_input = packing
+
+    hlsbackend.HLSBackend.execute_node = execute_node
+    try:
+        yield
+    finally:
+        hlsbackend.HLSBackend.execute_node = original

@@ -365,10 +365,12 @@ def prepare(out: Path, child, sources: Sources, fast: bool = True, workers: int 
     return Prepared(m, False, time.time() - t0, sources, ccache=sim_ccache.log_stats(cache / sim_ccache.STATS_LOG))
 
 
-def run_images(prepared: Prepared, x: np.ndarray) -> tuple[dict[str, np.ndarray], float, set[str]]:
+def run_images(prepared: Prepared, x: np.ndarray, rtlsim_packing: bool = False) -> tuple[dict[str, np.ndarray], float,
+                                                                                        set[str]]:
     """Every tensor of the graph (batch first) for the images x (N x graph input shape[1:]), one image at a
     time; the seconds it took; and the HLS nodes whose binary wrote its output for every image (the proof
-    that the node ran as C++, not as a Python fallback)."""
+    that the node ran as C++, not as a Python fallback). `rtlsim_packing`: let FINN pack each HLS input for
+    rtlsim as well, as it does unpatched (compat.cppsim_without_rtlsim_packing; same outputs, slower)."""
     from finn.core.onnx_exec import execute_onnx
 
     m = prepared.model
@@ -385,7 +387,8 @@ def run_images(prepared: Prepared, x: np.ndarray) -> tuple[dict[str, np.ndarray]
     log.setLevel(min(log.getEffectiveLevel(), logging.WARNING))  # FINN logs a binary's stderr as WARNING
     log.addHandler(warnings_seen)
     try:
-        with tempfile.TemporaryDirectory(prefix="bnnflow_cppsim_") as tmp:
+        with tempfile.TemporaryDirectory(prefix="bnnflow_cppsim_") as tmp, \
+                compat.cppsim_without_rtlsim_packing(not rtlsim_packing):
             os.chdir(tmp)  # FINN's Python models of some RTL nodes write scratch files to the cwd
             for img in x:
                 for files in outputs.values():

@@ -444,7 +444,7 @@ def test_verify_without_sources_reports_one_sentence(monkeypatch, tmp_path, tiny
 
 
 @pytest.mark.slow
-def test_cppsim_cnv_tiny(tmp_path, tiny_cnv_build, cifar_test):
+def test_cppsim_cnv_tiny(tmp_path, tiny_cnv_build, cifar_test, monkeypatch):
     sources_or_skip()
     out = copy_build(tiny_cnv_build, tmp_path / "cnv")
     net, _ = load_checkpoint(out / BREVITAS_FILE)
@@ -478,6 +478,19 @@ def test_cppsim_cnv_tiny(tmp_path, tiny_cnv_build, cifar_test):
     assert prepared.reused
     tensors, _, ran = cppsim.run_images(prepared, xf)
     assert ran == {n.name for n in child.graph.node if n.op_type.endswith("_hls")}
+
+    # unpatched, FINN's HLSBackend.execute_node also packs each input for rtlsim (Pool, LabelSelect here);
+    # compat.cppsim_without_rtlsim_packing skips that: the same tensors, and the packing ran only unpatched
+    from finn.custom_op.fpgadataflow import hlsbackend
+
+    packed = []
+    packing = hlsbackend.npy_to_rtlsim_input
+    monkeypatch.setattr(hlsbackend, "npy_to_rtlsim_input", lambda *a, **k: packed.append(1) or packing(*a, **k))
+    unpatched, _, _ = cppsim.run_images(prepared, xf, rtlsim_packing=True)
+    assert packed and all(np.array_equal(unpatched[k], v) for k, v in tensors.items())
+    packed.clear()
+    cppsim.run_images(prepared, xf[:1])
+    assert not packed and hlsbackend.HLSBackend.execute_node.__module__ == hlsbackend.__name__
 
     # the compiler cache: the same graph compiled in another build folder (FINN's code-gen folders get new
     # random names) is all hits, i.e. the sources compiled are identical, and so are the outputs
