@@ -13,6 +13,10 @@ literals (the binary runs in that folder, through run_node_model.sh), the includ
 build folder are reached through links in it (BUILD/cppsim/env), and CCACHE_BASEDIR turns the
 remaining absolute paths under the build folder into relative ones. FINN's single compile-and-link
 command is split into one compile per source plus a link, since ccache caches compiles only.
+
+Verilator's finished benches are kept beside the objects too (`binary_cache_dir`), keyed on
+everything that goes into them (the node's HDL and data files, the bench, Verilator's version and
+flags), so a bench built once in any build folder is not verilated, compiled or linked again.
 """
 
 from __future__ import annotations
@@ -46,6 +50,47 @@ def exe() -> Path | None:
 
 def cache_dir() -> Path:
     return Path(os.environ.get(ENV_DIR) or Path.home() / ".cache" / "bnnflow" / "ccache")
+
+
+BINARY_CACHE_BYTES = 512 * 2 ** 20  # the oldest benches go beyond this (a default model's are ~16 MB)
+
+
+def binary_cache_dir() -> Path | None:
+    """Where finished Verilator benches are kept (None: nowhere, as without ccache)."""
+    return cache_dir() / "verilator-binaries" if exe() is not None else None
+
+
+def cached_binary(key: str) -> Path | None:
+    """The kept bench for this key, if any (its time is refreshed: the oldest go first)."""
+    root = binary_cache_dir()
+    path = root / key / "Vdut" if root is not None else None
+    if path is None or not path.is_file():
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)
+    return path
+
+
+def keep_binary(key: str, binary: Path) -> None:
+    """Keep a finished bench under its key (atomically: a half-copied bench is never found), then drop the
+    least recently used beyond BINARY_CACHE_BYTES. A cache that cannot be written is no error."""
+    root = binary_cache_dir()
+    if root is None:
+        return
+    try:
+        (root / key).mkdir(parents=True, exist_ok=True)
+        tmp = root / key / f".Vdut.{os.getpid()}.{id(binary)}"
+        shutil.copy2(binary, tmp)
+        tmp.replace(root / key / "Vdut")
+        kept = sorted((p.stat().st_mtime, p.stat().st_size, p) for p in root.glob("*/Vdut"))
+        total = sum(size for _, size, _ in kept)
+        for _, size, path in kept:
+            if total <= BINARY_CACHE_BYTES:
+                break
+            shutil.rmtree(path.parent, ignore_errors=True)
+            total -= size
+    except OSError:
+        pass
 
 
 def env(base: Path, stats_log: Path) -> dict[str, str]:

@@ -102,7 +102,8 @@ def _run_verilator(out_dir: Path, child, ref: dict, n: int, console: Console) ->
         rtl = verilator_sim.simulate(out_dir, child, ref, n)
     if "skipped" not in rtl:
         console.print(f"  {'RTL layers (Verilator)':<28} {rtl['nodes_run']} nodes, {rtl['run_seconds']:.1f} s "
-                      f"({rtl['binaries_reused']} reused binaries, {rtl['compile_seconds']:.0f} s to compile; "
+                      f"({rtl['binaries_reused']} reused binaries, {rtl['binaries_kept_elsewhere']} of them from "
+                      f"other build folders, {rtl['compile_seconds']:.0f} s to compile; "
                       f"{verilator_sim.sim_ccache.describe(rtl.get('ccache', {}))})")
     return rtl
 

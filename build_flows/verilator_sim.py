@@ -8,7 +8,8 @@ the bench streams the node's packed inputs (FINN's `npy_to_rtlsim_input`, as FIN
 does: MVAU_rtl also gets its weight stream on in1) and its output is unpacked with
 `rtlsim_output_to_npy`. finn-rtllib files Verilator rejects are replaced by patched copies
 (rtllib_patches.py). Binaries are cached per node under BUILD/verilator/ and reused while the HDL,
-the bench and Verilator are unchanged. A node whose HDL Verilator cannot build runs as FINN's
+the bench and Verilator are unchanged; a bench built in any folder is kept for the others beside the
+compiler cache (sim_ccache.keep_binary). A node whose HDL Verilator cannot build runs as FINN's
 Python model instead, and says so.
 """
 
@@ -104,7 +105,8 @@ class NodeBuild:
     src: Path  # FINN's generated HDL (and .dat files: the bench runs here)
     exe: Path | None = None
     patched: list[str] = field(default_factory=list)
-    reused: bool = False
+    reused: bool = False  # this build folder's bench, or (shared) one kept from another folder
+    shared: bool = False
     seconds: float = 0.0
     error: str = ""
 
@@ -199,6 +201,15 @@ def prepare_node(model, node, root: Path, fpgapart: str, clk: float, version: st
     if binary.is_file() and stamp.is_file() and stamp.read_text() == key:
         nb.exe, nb.reused, nb.seconds = binary, True, time.time() - t0
         return nb
+    kept = sim_ccache.cached_binary(key)
+    if kept is not None:
+        if binary.parent.exists():
+            shutil.rmtree(binary.parent)
+        binary.parent.mkdir(parents=True)
+        shutil.copy2(kept, binary)
+        stamp.write_text(key)
+        nb.exe, nb.reused, nb.shared, nb.seconds = binary, True, True, time.time() - t0
+        return nb
     return _Job(nb, folder, files, top, ports, key)
 
 
@@ -232,6 +243,7 @@ def compile_job(job: _Job, exe: Path) -> NodeBuild:
         nb.error = (errors[0] if errors else f"build failed, see {log}")[:200]
         return nb
     (job.folder / "key").write_text(job.key)
+    sim_ccache.keep_binary(job.key, obj / "Vdut")
     _keep_runtime(obj, job.folder.parent / RUNTIME)
     nb.exe, nb.seconds = obj / "Vdut", time.time() - t0
     return nb
@@ -382,7 +394,7 @@ def simulate(out: Path, model, tensors: dict, n: int, workers: int | None = None
     compile_seconds = time.time() - t0
     nodes, differing, failed, seconds = {}, [], [], 0.0
     for nb in builds:
-        row = {"op_type": nb.op_type, "ran_as": nb.kind, "reused": nb.reused}
+        row = {"op_type": nb.op_type, "ran_as": nb.kind, "reused": nb.reused, "kept_elsewhere": nb.shared}
         nodes[nb.name] = row
         if nb.exe is None:
             continue
@@ -400,7 +412,8 @@ def simulate(out: Path, model, tensors: dict, n: int, workers: int | None = None
     ran = [k for k, v in nodes.items() if "identical" in v]
     return {"verilator": verilator_version(verilator_exe()), "nodes": nodes, "compile_seconds": compile_seconds,
             "ccache": sim_ccache.log_stats(Path(out).resolve() / CACHE_DIR / sim_ccache.STATS_LOG),
-            "binaries_reused": sum(v["reused"] for v in nodes.values()), "run_seconds": seconds,
+            "binaries_reused": sum(v["reused"] for v in nodes.values()),
+            "binaries_kept_elsewhere": sum(v["kept_elsewhere"] for v in nodes.values()), "run_seconds": seconds,
             "nodes_run": len(ran), "tensors_compared": sum(len(model.get_node_from_name(k).output) for k in ran),
             "tensors_differing": differing, "failed": failed,
             "all_identical": not differing and not failed}

@@ -191,19 +191,29 @@ def cnv_rtl_nodes(tiny_cnv_build, cifar_test):
     return child, names, tensors
 
 
-def test_cnv_rtl_nodes_match_finn_and_cache(vroot, tiny_cnv_build, cifar_test):
+def test_cnv_rtl_nodes_match_finn_and_cache(vroot, tiny_cnv_build, cifar_test, monkeypatch, tmp_path):
     """Two RTL nodes of the tiny CNV build (a Thresholding_rtl reading .dat files, a sliding window) on the
     real activations of 2 CIFAR-10 images: identical to FINN's Python model and the functional model; a
-    second build_all reuses the binaries."""
+    second build_all reuses the binaries; another build folder takes the kept benches (same outputs), or
+    without them compiles every object from the compiler cache."""
     verilator_or_skip()
+    kept = tmp_path / "kept"
+    monkeypatch.setattr(sim_ccache, "binary_cache_dir", lambda: kept)  # empty: the first build compiles
     child, names, tensors = cnv_rtl_nodes(tiny_cnv_build, cifar_test)
     builds = check_against_finn(child, vroot, names, tensors, 2)
     assert not any(b.reused for b in builds)
+    assert len(list(kept.glob("*/Vdut"))) == len(names)
     assert any(p.suffix == ".dat" for b in builds for p in b.src.iterdir())  # the bench ran where they are
     m1, again = verilator_sim.build_all(vroot, child, only=names)
-    assert all(b.reused and b.exe == a.exe for a, b in zip(builds, again))
-    # another build folder compiles the same C++ (Verilator's output names only relative paths): every
-    # object from the compiler cache, same outputs
+    assert all(b.reused and not b.shared and b.exe == a.exe for a, b in zip(builds, again))
+    m3, fetched = verilator_sim.build_all(vroot.parent / f"{vroot.name}-kept", child, only=names)
+    assert all(b.reused and b.shared and b.exe != a.exe for a, b in zip(builds, fetched))
+    for a, b in zip(builds, fetched):
+        r1, r3 = verilator_sim.run_node(m1, a, tensors, 2), verilator_sim.run_node(m3, b, tensors, 2)
+        assert all(np.array_equal(r1.outputs[t], r3.outputs[t]) for t in r1.outputs)
+    # without kept benches another build folder compiles the same C++ (Verilator's output names only relative
+    # paths): every object from the compiler cache, same outputs
+    monkeypatch.setattr(sim_ccache, "binary_cache_dir", lambda: None)
     if sim_ccache.exe() is not None:
         other = vroot.parent / f"{vroot.name}-elsewhere"
         m2, moved = verilator_sim.build_all(other, child, only=names)
@@ -312,3 +322,27 @@ def test_missing_verilator_is_one_sentence(monkeypatch):
     monkeypatch.setattr(verilator_sim.shutil, "which", lambda name: None)
     monkeypatch.setattr(verilator_sim, "verilator_exe", lambda: Path("/x/verilator"))
     one_sentence(Exception(verilator_sim.unavailable()))
+
+
+def test_kept_benches_go_least_recently_used_first(tmp_path, monkeypatch):
+    """sim_ccache.keep_binary: atomic copies under their keys; beyond the byte limit the bench used longest ago
+    goes; a cache that cannot be written is no error."""
+    import os
+
+    kept = tmp_path / "kept"
+    monkeypatch.setattr(sim_ccache, "binary_cache_dir", lambda: kept)
+    monkeypatch.setattr(sim_ccache, "BINARY_CACHE_BYTES", 2500)
+    bench = tmp_path / "Vdut"
+    for i, key in enumerate("abc"):
+        bench.write_bytes(bytes([i]) * 1000)
+        sim_ccache.keep_binary(key, bench)
+        os.utime(kept / key / "Vdut", (1000 + i, 1000 + i))
+    assert not (kept / "a").exists() and sim_ccache.cached_binary("b").read_bytes() == bytes([1]) * 1000
+    bench.write_bytes(b"d" * 1000)
+    sim_ccache.keep_binary("d", bench)  # "b" was just used: "c" goes
+    assert sorted(p.parent.name for p in kept.glob("*/Vdut")) == ["b", "d"]
+    assert not list(kept.glob("*/.Vdut.*")) and sim_ccache.cached_binary("c") is None
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(sim_ccache, "binary_cache_dir", lambda: tmp_path / "file" / "kept")
+    sim_ccache.keep_binary("e", bench)
+    assert sim_ccache.cached_binary("e") is None
