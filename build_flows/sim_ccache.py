@@ -15,8 +15,9 @@ remaining absolute paths under the build folder into relative ones. FINN's singl
 command is split into one compile per source plus a link, since ccache caches compiles only.
 
 Verilator's finished benches are kept beside the objects too (`binary_cache_dir`), keyed on
-everything that goes into them (the node's HDL and data files, the bench, Verilator's version and
-flags), so a bench built once in any build folder is not verilated, compiled or linked again.
+everything that goes into them (the node's HDL and data files, the bench, Verilator's flags and
+version, g++'s version), so a bench built once in any build folder is not verilated, compiled or
+linked again.
 """
 
 from __future__ import annotations
