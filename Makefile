@@ -14,14 +14,15 @@ build: setup
 	$(VENV)/bin/bnnflow build $(MODEL) --board $(BOARD) --force; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ]
 
 # Four pytest sessions side by side, each in its own temp folder, so both cores stay busy: the Docker
-# image build (tests/test_docker.py: downloads and podman I/O), `verify --sim` of the three default models
+# image build (tests/test_docker.py: downloads and podman I/O; the sweeps' Dask clusters run beside it,
+# marker beside_image, to use the cores it leaves idle), `verify --sim` of the three default models
 # (tests/test_sim_defaults.py: g++/Verilator compiles, cached across runs by ccache in
 # $$BNNFLOW_CCACHE_DIR), the tests that need no shared build (training, user networks, sweeps, ...), and in
 # front the tests on the session-wide tiny/default builds (tests/conftest.py; built once). Each prints its
 # slowest tests; the side sessions' reports follow the front one's, then the tests that cost the most CPU
 # seconds in all sessions together (tests/conftest.py, BNNFLOW_TEST_CPU): what CI time is made of.
-BESIDE_MARKS := image|simdefaults|not image and not simdefaults and not shared_builds
-FRONT        := not image and not simdefaults and shared_builds
+BESIDE_MARKS := image or beside_image|simdefaults|not image and not beside_image and not simdefaults and not shared_builds
+FRONT        := not image and not beside_image and not simdefaults and shared_builds
 PYTEST       := $(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15
 
 test: setup

@@ -22,6 +22,8 @@ from bnnflow.errors import BnnflowError
 
 from conftest import one_sentence
 
+pytestmark = pytest.mark.beside_image  # `make test`: in the Docker image's session (Makefile)
+
 ESTIMATES = "generate_estimate_reports"
 STEPS = ("streamline", "specialize_layers", ESTIMATES, "hw_codegen")  # a few real step names (see flow.STEP_NAMES)
 
