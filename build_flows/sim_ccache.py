@@ -28,6 +28,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from bnnflow.atomic import atomic_path
+
 ENV_DIR = "BNNFLOW_CCACHE_DIR"
 STATS_LOG = "ccache-stats.log"
 RUNNER = "run_node_model.sh"  # runs node_model in its own folder (its input/output paths are relative)
@@ -79,10 +81,8 @@ def keep_binary(key: str, binary: Path) -> None:
     if root is None:
         return
     try:
-        (root / key).mkdir(parents=True, exist_ok=True)
-        tmp = root / key / f".Vdut.{os.getpid()}.{id(binary)}"
-        shutil.copy2(binary, tmp)
-        tmp.replace(root / key / "Vdut")
+        with atomic_path(root / key / "Vdut") as tmp:
+            shutil.copy2(binary, tmp)
         kept = sorted((p.stat().st_mtime, p.stat().st_size, p) for p in root.glob("*/Vdut"))
         total = sum(size for _, size, _ in kept)
         for _, size, path in kept:
