@@ -117,8 +117,8 @@ class NodeBuild:
     src: Path  # FINN's generated HDL (and .dat files: the bench runs here)
     exe: Path | None = None
     patched: list[str] = field(default_factory=list)
-    reused: bool = False  # this build folder's bench, or (shared) one kept from another folder
-    shared: bool = False
+    reused: bool = False  # this build folder's bench, or (kept_elsewhere) one kept from another folder
+    kept_elsewhere: bool = False
     seconds: float = 0.0
     error: str = ""
 
@@ -220,7 +220,7 @@ def prepare_node(model, node, root: Path, fpgapart: str, clk: float, version: st
         binary.parent.mkdir(parents=True)
         shutil.copy2(kept, binary)
         stamp.write_text(key)
-        nb.exe, nb.reused, nb.shared, nb.seconds = binary, True, True, time.time() - t0
+        nb.exe, nb.reused, nb.kept_elsewhere, nb.seconds = binary, True, True, time.time() - t0
         return nb
     return _Job(nb, folder, files, top, ports, key)
 
@@ -406,7 +406,7 @@ def simulate(out: Path, model, tensors: dict, n: int, workers: int | None = None
     compile_seconds = time.time() - t0
     nodes, differing, failed, seconds = {}, [], [], 0.0
     for nb in builds:
-        row = {"op_type": nb.op_type, "ran_as": nb.kind, "reused": nb.reused, "kept_elsewhere": nb.shared}
+        row = {"op_type": nb.op_type, "ran_as": nb.kind, "reused": nb.reused, "kept_elsewhere": nb.kept_elsewhere}
         nodes[nb.name] = row
         if nb.exe is None:
             continue

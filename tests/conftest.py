@@ -126,15 +126,22 @@ def copy_build(src: Path, dst: Path) -> Path:
 # (a session-end check names any file changed in place).
 
 BUILD_FIXTURES = frozenset({"tiny_build", "tiny_cnv", "tiny_cnv_build", "tiny_specialised", "tiny_fold",
-                            "default_fold", "package", "cnv_estimates"})
+                            "package", "cnv_estimates"})
+# The default models' builds: shared with `verify --sim` (tests/test_sim_defaults.py), so their tests run
+# in that session (marker simdefaults) and each model is exported, streamlined and converted once per run.
+DEFAULT_BUILD_FIXTURES = frozenset({"default_build", "default_fold"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m selects on the markers
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if BUILD_FIXTURES & set(getattr(item, "fixturenames", ())):
+        used = set(getattr(item, "fixturenames", ()))
+        if BUILD_FIXTURES & used:
             item.add_marker(pytest.mark.build)
             item.add_marker(pytest.mark.shared_builds)
+        if DEFAULT_BUILD_FIXTURES & used:
+            item.add_marker(pytest.mark.build)
+            item.add_marker(pytest.mark.simdefaults)
 
 
 def _fingerprint(folder: Path) -> dict[str, tuple[int, int]]:
@@ -224,8 +231,16 @@ def tiny_fold(tiny_specialised):
     return get
 
 
-def _random_default_build(folder: Path, model: str) -> bool:
-    """Does `folder` (`bnnflow benchmark`'s) hold model/default for the pynq-z2 with random weights (seed 0),
+def default_weights(model: str) -> Path | None:
+    """The weights every command builds MODEL's default variant with: its committed checkpoint, else None
+    (random weights calibrated with seed 0)."""
+    from bnnflow.models.checkpoint import committed_checkpoint
+
+    return committed_checkpoint(model, "default")
+
+
+def _default_build_in(folder: Path, model: str) -> bool:
+    """Does `folder` (`bnnflow benchmark`'s) hold model/default for the pynq-z2 with its default weights,
     built at least to specialize_layers? Read from its build_state.json, never changed."""
     from bnnflow.build_flows import flow
     from bnnflow.build_flows.identity import EXPORT, BuildIdentity, weights_id
@@ -237,36 +252,49 @@ def _random_default_build(folder: Path, model: str) -> bool:
             return False
         ident = BuildIdentity.from_dict(data["identity"])  # a build without one predates the current calibration
         return (ident.source, ident.variant, ident.board, ident.weights, ident.export) == \
-            (f"zoo:{model}", "default", "pynq-z2", weights_id(None, 0), EXPORT)
+            (f"zoo:{model}", "default", "pynq-z2", weights_id(default_weights(model), 0), EXPORT)
     except Exception:  # a damaged or foreign folder: build our own
         return False
 
 
 @pytest.fixture(scope="session")
-def default_fold(tmp_path_factory):
-    """model -> (specialised graph, fold result) of its default variant (random weights), once per session:
-    on `bnnflow benchmark`'s build when it holds that (read only), else on one built here to specialize_layers."""
+def default_build(tmp_path_factory):
+    """model -> the folder of its default variant for the pynq-z2, built to specialize_layers with the
+    weights commands use by default (default_weights), once per session and read-only: `bnnflow
+    benchmark`'s build when it holds that, else one built here. `verify --sim` continues copies of it."""
     from rich.console import Console
 
     from bnnflow.build_flows.build import BuildRequest, run_build
+
+    root = tmp_path_factory.mktemp("default")
+    built = {}
+
+    def get(model: str) -> Path:
+        if model not in built:
+            bench = Path(os.environ.get("BNNFLOW_BENCH_DIR", REPO / "build" / "benchmark")) / f"{model}-default-pynq-z2"
+            if _default_build_in(bench, model):
+                built[model] = bench
+            else:
+                req = BuildRequest(model, "default", checkpoint=default_weights(model), out=root / model,
+                                   stop_after=SPECIALISED_STEP)
+                built[model] = run_build(req, Console(quiet=True))["out"]
+        return built[model]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def default_fold(default_build):
+    """model -> (specialised graph, fold result) of its default build (default_build), once per session."""
     from bnnflow.build_flows.folding import fold
     from bnnflow.hw.boards import get_board
 
     board = get_board("pynq-z2")
-    root = tmp_path_factory.mktemp("default")
     folds = {}
-
-    def build(model: str) -> Path:
-        bench = Path(os.environ.get("BNNFLOW_BENCH_DIR", REPO / "build" / "benchmark")) / f"{model}-default-pynq-z2"
-        if _random_default_build(bench, model):
-            return bench
-        out = root / model
-        run_build(BuildRequest(model, "default", out=out, stop_after=SPECIALISED_STEP), Console(quiet=True))
-        return out
 
     def get(model: str):
         if model not in folds:
-            m = specialised_graph(build(model))
+            m = specialised_graph(default_build(model))
             folds[model] = (m, fold(m, board, name=f"{model}/default"))
         return folds[model]
 

@@ -1,8 +1,8 @@
 """The stream model, the sizing of every FIFO (joins included) and its check.
 
 The graph tests use the tiny variants (tests/conftest.py's tiny builds, once per session, shared with
-test_folding / test_benchmark); the default models are checked in the slow test, which reuses
-`bnnflow benchmark`'s builds when they are there (conftest's default_fold).
+test_folding / test_benchmark); the default models are checked in the slow test, on the session's
+default builds (conftest's default_fold; `bnnflow benchmark`'s builds when they are there).
 """
 
 from __future__ import annotations

@@ -242,7 +242,7 @@ def test_search_vs_target_fps_on_default_models(default_fold, board):
         m, res = default_fold(model)
         cmp = compare_with_target_fps(m, board, name=model, result=res)
         assert cmp["search_ge_baseline"], cmp["rows"]
-        # the README's `bnnflow fold MODEL --compare` table (random calibrated weights): deterministic estimates
+        # the README's `bnnflow fold MODEL --compare` table (default weights): deterministic estimates
         row = next(x for x in readme if x.startswith(titles[model]) and "bnnflow" not in x and x.count("|") == 5
                    and "**" in x)
         base, best, ours = cmp["rows"]

@@ -1,7 +1,9 @@
 """`bnnflow verify MODEL --sim N` on the three default models, on real CIFAR-10 images (issue 11).
 
-The command a user runs, in a fresh build folder: CNV-W1A1 default (random weights) on 3 images,
-ResNetE default (the committed checkpoint) and BinaryDenseNet default (random weights) on 2 each.
+The command a user runs after `bnnflow build MODEL --stop-after specialize_layers` (conftest's
+default_build, shared with the folding and FIFO tests of the default models, which run in this session
+too): CNV-W1A1 default on 3 images, ResNetE and BinaryDenseNet default on 2 each, each with the weights
+commands take by default (its committed checkpoint, else random weights calibrated on CIFAR-10).
 Every HLS node must run as its cppsim binary, every RTL node in Verilator, every tensor must equal the
 functional model's and the cppsim logits Brevitas's, image by image. The stages before cppsim run on
 100 images each: the README's verify table of the default models is this test's.
@@ -23,7 +25,7 @@ import pytest
 
 from bnnflow.build_flows import cppsim, flow, verilator_sim
 
-from conftest import data_required, shared_npz
+from conftest import copy_build, data_required, default_weights, shared_npz
 
 pytestmark = [pytest.mark.simdefaults, pytest.mark.slow, pytest.mark.build]
 
@@ -44,15 +46,16 @@ def tools_or_skip() -> None:
 
 
 @pytest.fixture(scope="module")
-def sim_run(tmp_path_factory):
+def sim_run(tmp_path_factory, default_build):
     """model -> (verify.json, the build folder, seconds, the command's output): `bnnflow verify MODEL --images N
-    --sim N` in a fresh folder, once per model."""
+    --sim N` on a copy of the session's default build (conftest's default_build: `bnnflow build MODEL
+    --stop-after specialize_layers`), which verify continues to the generated sources, once per model."""
     runs = {}
 
     def get(model: str):
         if model not in runs:
             tools_or_skip()
-            out = tmp_path_factory.mktemp("simdefaults") / f"{model}-default"
+            out = copy_build(default_build(model), tmp_path_factory.mktemp("simdefaults") / f"{model}-default")
             n = IMAGES[model]
             t0 = time.time()
             r = subprocess.run([sys.executable, "-m", "bnnflow", "verify", model, "--build", str(out),
@@ -103,19 +106,27 @@ def test_verify_sim_default_model(sim_run, model):
     check = info["cycle_check"]
     assert set(check["nodes"]) == set(rtl)
     assert check["all_agree"], {k: r for k, r in check["nodes"].items() if not r["agrees"]}
-    if model == "resnete":  # its default weights are the committed checkpoint
-        state = flow.BuildState(out).data
-        assert (state.get("identity") or {}).get("weights", "").startswith("sha256:"), state.get("identity")
-        _check_committed_checkpoint(result, out)
+    # built with the weights commands take by default: the committed checkpoint where there is one
+    from bnnflow.build_flows.identity import weights_id
+
+    weights = default_weights(model)
+    assert (flow.BuildState(out).data.get("identity") or {}).get("weights") == weights_id(weights, 0)
+    assert (weights is not None) == (model in RECORDED_TOP1)
+    if weights is not None:
+        _check_committed_checkpoint(model, weights, result, out)
 
 
-def _check_committed_checkpoint(result: dict, out) -> None:
-    """The committed trained ResNetE default fits the board, and on these 100 images it is in line with the
-    test top-1 its training recorded (a damaged or swapped checkpoint would be near chance)."""
-    from bnnflow.models.checkpoint import committed_checkpoint, recorded_top1
+# model -> the README's test top-1 of its committed default checkpoint, until the next promotion
+RECORDED_TOP1 = {"resnete": 0.8523, "cnv": 0.8212}
 
-    recorded = recorded_top1(committed_checkpoint("resnete", "default"))
-    assert recorded == pytest.approx(0.8523, abs=5e-5)  # the README's figure, until the next promotion
+
+def _check_committed_checkpoint(model: str, weights, result: dict, out) -> None:
+    """The committed trained default fits the board, and on these 100 images it is in line with the test
+    top-1 its training recorded (a damaged or swapped checkpoint would be near chance)."""
+    from bnnflow.models.checkpoint import recorded_top1
+
+    recorded = recorded_top1(weights)
+    assert recorded == pytest.approx(RECORDED_TOP1[model], abs=5e-5)
     # 100 images: a standard error of ~4 points around the full-test-set figure; 3 of them allowed
     assert abs(result["brevitas_top1_accuracy"] - recorded) <= 0.12, (result["brevitas_top1_accuracy"], recorded)
     assert json.loads((out / "summary.json").read_text())["fits"]

@@ -205,9 +205,9 @@ def test_cnv_rtl_nodes_match_finn_and_cache(vroot, tiny_cnv_build, cifar_test, m
     assert len(list(kept.glob("*/Vdut"))) == len(names)
     assert any(p.suffix == ".dat" for b in builds for p in b.src.iterdir())  # the bench ran where they are
     m1, again = verilator_sim.build_all(vroot, child, only=names)
-    assert all(b.reused and not b.shared and b.exe == a.exe for a, b in zip(builds, again))
+    assert all(b.reused and not b.kept_elsewhere and b.exe == a.exe for a, b in zip(builds, again))
     m3, fetched = verilator_sim.build_all(vroot.parent / f"{vroot.name}-kept", child, only=names)
-    assert all(b.reused and b.shared and b.exe != a.exe for a, b in zip(builds, fetched))
+    assert all(b.reused and b.kept_elsewhere and b.exe != a.exe for a, b in zip(builds, fetched))
     for a, b in zip(builds, fetched):
         r1, r3 = verilator_sim.run_node(m1, a, tensors, 2), verilator_sim.run_node(m3, b, tensors, 2)
         assert all(np.array_equal(r1.outputs[t], r3.outputs[t]) for t in r1.outputs)
