@@ -17,7 +17,8 @@ build: setup
 # image build (tests/test_docker.py: downloads and podman I/O; the sweeps' Dask clusters run beside it,
 # marker beside_image, to use the cores it leaves idle), `verify --sim` of the three default models
 # (tests/test_sim_defaults.py: g++/Verilator compiles, cached across runs by ccache in
-# $$BNNFLOW_CCACHE_DIR), the tests that need no shared build (training, user networks, sweeps, ...), and in
+# $$BNNFLOW_CCACHE_DIR) with the folding/FIFO tests that share their builds (marker simdefaults, added
+# by tests/conftest.py), the tests that need no shared build (training, user networks, sweeps, ...), and in
 # front the tests on the session-wide tiny/default builds (tests/conftest.py; built once). Each prints its
 # slowest tests; the side sessions' reports follow the front one's, then the tests that cost the most CPU
 # seconds in all sessions together (tests/conftest.py, BNNFLOW_TEST_CPU): what CI time is made of.
