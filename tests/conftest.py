@@ -231,19 +231,12 @@ def tiny_fold(tiny_specialised):
     return get
 
 
-def default_weights(model: str) -> Path | None:
-    """The weights every command builds MODEL's default variant with: its committed checkpoint, else None
-    (random weights calibrated with seed 0)."""
-    from bnnflow.models.checkpoint import committed_checkpoint
-
-    return committed_checkpoint(model, "default")
-
-
 def _default_build_in(folder: Path, model: str) -> bool:
     """Does `folder` (`bnnflow benchmark`'s) hold model/default for the pynq-z2 with its default weights,
     built at least to specialize_layers? Read from its build_state.json, never changed."""
     from bnnflow.build_flows import flow
     from bnnflow.build_flows.identity import EXPORT, BuildIdentity, weights_id
+    from bnnflow.models.checkpoint import committed_checkpoint
 
     try:
         data = flow.BuildState(folder).data
@@ -252,7 +245,7 @@ def _default_build_in(folder: Path, model: str) -> bool:
             return False
         ident = BuildIdentity.from_dict(data["identity"])  # a build without one predates the current calibration
         return (ident.source, ident.variant, ident.board, ident.weights, ident.export) == \
-            (f"zoo:{model}", "default", "pynq-z2", weights_id(default_weights(model), 0), EXPORT)
+            (f"zoo:{model}", "default", "pynq-z2", weights_id(committed_checkpoint(model, "default"), 0), EXPORT)
     except Exception:  # a damaged or foreign folder: build our own
         return False
 
@@ -260,11 +253,13 @@ def _default_build_in(folder: Path, model: str) -> bool:
 @pytest.fixture(scope="session")
 def default_build(tmp_path_factory):
     """model -> the folder of its default variant for the pynq-z2, built to specialize_layers with the
-    weights commands use by default (default_weights), once per session and read-only: `bnnflow
-    benchmark`'s build when it holds that, else one built here. `verify --sim` continues copies of it."""
+    weights commands use by default (the committed checkpoint, else random seed 0), once per session and
+    read-only: `bnnflow benchmark`'s build when it holds that, else one built here. `verify --sim`
+    continues copies of it."""
     from rich.console import Console
 
     from bnnflow.build_flows.build import BuildRequest, run_build
+    from bnnflow.models.checkpoint import committed_checkpoint
 
     root = tmp_path_factory.mktemp("default")
     built = {}
@@ -275,8 +270,8 @@ def default_build(tmp_path_factory):
             if _default_build_in(bench, model):
                 built[model] = bench
             else:
-                req = BuildRequest(model, "default", checkpoint=default_weights(model), out=root / model,
-                                   stop_after=SPECIALISED_STEP)
+                req = BuildRequest(model, "default", checkpoint=committed_checkpoint(model, "default"),
+                                   out=root / model, stop_after=SPECIALISED_STEP)
                 built[model] = run_build(req, Console(quiet=True))["out"]
         return built[model]
 

@@ -25,7 +25,7 @@ import pytest
 
 from bnnflow.build_flows import cppsim, flow, verilator_sim
 
-from conftest import copy_build, data_required, default_weights, shared_npz
+from conftest import copy_build, data_required, shared_npz
 
 pytestmark = [pytest.mark.simdefaults, pytest.mark.slow, pytest.mark.build]
 
@@ -108,8 +108,9 @@ def test_verify_sim_default_model(sim_run, model):
     assert check["all_agree"], {k: r for k, r in check["nodes"].items() if not r["agrees"]}
     # built with the weights commands take by default: the committed checkpoint where there is one
     from bnnflow.build_flows.identity import weights_id
+    from bnnflow.models.checkpoint import committed_checkpoint
 
-    weights = default_weights(model)
+    weights = committed_checkpoint(model, "default")
     assert (flow.BuildState(out).data.get("identity") or {}).get("weights") == weights_id(weights, 0)
     assert (weights is not None) == (model in RECORDED_TOP1)
     if weights is not None:
