@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from bnnflow import compat
+from bnnflow.cores import usable_cores
 
 from . import hls_fetch, sim_ccache
 
@@ -351,7 +352,7 @@ def prepare(out: Path, child, sources: Sources, fast: bool = True, workers: int 
         shutil.rmtree(cache)
     cache.mkdir(parents=True)
     xhls, deps = layout(sources, cache / "env")
-    workers = workers or max(1, min(len(os.sched_getaffinity(0)), 4))
+    workers = workers or min(usable_cores(), 4)
     m = ModelWrapper(copy.deepcopy(child.model))  # the caller's graph stays as it is
     with finn_cppsim_environment(xhls, deps, cache / "code"), quiet_finn_logger():
         m = m.transform(PrepareCppSim(num_workers=workers))

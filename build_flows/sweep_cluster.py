@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from bnnflow.cores import usable_cores
 from bnnflow.errors import BnnflowError
 
 BATCH_SYSTEMS = ("slurm", "lsf", "pbs")
@@ -86,7 +87,7 @@ def local_workers(jobs: int | None) -> tuple[int, int]:
     import psutil
 
     total = psutil.virtual_memory().total
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     n = jobs or max(1, min(cores, total // POINT_MEMORY))
     return n, total // n
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bnnflow.atomic import write_json, write_text
+from bnnflow.cores import usable_cores
 
 from .sweep import RESULT_FILE, cached_row, run_points
 from .sweep_cluster import ClusterSpec
@@ -108,7 +109,7 @@ def _threads() -> list[str]:
         on_host = max(1, sum(1 for a in workers if a.rsplit(":", 1)[0] == host))
     except Exception:  # noqa: BLE001 - a guess at threads only
         on_host = 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     return ["--threads", str(max(1, cores // on_host))]
 
 

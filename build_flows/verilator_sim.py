@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from bnnflow import compat
+from bnnflow.cores import usable_cores
 
 from . import rtl_packing, sim_ccache
 from .rtllib_patches import PatchError, patched_sources
@@ -324,7 +325,7 @@ def build_all(out: Path, model, workers: int | None = None, only: set[str] | Non
     first = [] if have_runtime else jobs[:1]  # the first build leaves the runtime objects for the others
     done = {j.nb.name: compile_job(j, exe) for j in first}
     rest = jobs[len(first):]
-    workers = workers or max(1, min(len(os.sched_getaffinity(0)), 4))
+    workers = workers or min(usable_cores(), 4)
     with ThreadPoolExecutor(workers) as pool:  # independent compiler processes
         done.update(zip([j.nb.name for j in rest], pool.map(lambda j: compile_job(j, exe), rest)))
     return m, [done.get(p.nb.name) if isinstance(p, _Job) else p for p in prepared]

@@ -44,6 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bnnflow.cores import usable_cores
 from bnnflow.errors import BnnflowError
 
 # re-exported: callers import these from bnnflow.models.train
@@ -285,7 +286,7 @@ def _set_up_device(cfg: TrainConfig, parallel=None):
     device = pick_device(cfg.device) if parallel is None else parallel.device
     # torchrun's processes on one node share its cores
     per_process = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if parallel is not None else 1
-    torch.set_num_threads(cfg.threads or max((os.cpu_count() or 1) // per_process, 1))
+    torch.set_num_threads(cfg.threads or max(usable_cores() // per_process, 1))
     if device.type == "cuda":
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False

@@ -8,9 +8,9 @@ before timing, and their seconds are printed apart.
 
 from __future__ import annotations
 
-import os
 import time
 
+from bnnflow.cores import usable_cores
 from bnnflow.errors import BnnflowError
 
 BLOCKS = 2  # timed blocks per path, interleaved
@@ -32,7 +32,7 @@ def benchmark(cfg, steps: int, console) -> dict:
                            "network trains with Brevitas only, so there is nothing to compare.")
     check_config(cfg)
     device = pick_device(cfg.device)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.threads or usable_cores())
     bf16 = bf16_default(device) if cfg.bf16 is None else cfg.bf16
     if cfg.lr is None:
         cfg.lr = 2e-3

@@ -429,3 +429,18 @@ def test_finished_line_names_a_user_network_as_build_reads_it(args, unit, norm):
     assert parsed.model == cfg.model
     assert (parse_model_args(parsed.model_args) if parsed.model_args else {}) == json.loads(json.dumps(args))
     assert input_description(parsed.input_scale, parsed.input_mean, parsed.input_std) == scale
+
+
+def test_default_threads_follow_the_cores_the_process_may_use():
+    """A run pinned to one core (taskset, a cpuset) takes one torch thread, not one per machine core."""
+    import os
+    import subprocess
+    import sys
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores to tell one from all")
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); import torch; "
+            "from bnnflow.models.train import TrainConfig, _set_up_device; "
+            "_set_up_device(TrainConfig(model='cnv', variant='tiny', device='cpu')); print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split()[-1] == "1"

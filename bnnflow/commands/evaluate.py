@@ -123,8 +123,6 @@ def evaluate_checkpoint(checkpoint: Path, hw_images: int = DEFAULT_HW_IMAGES, bo
 
 
 def cmd_evaluate(args) -> int:
-    import os
-
     import torch
     from rich.console import Console
 
@@ -135,7 +133,9 @@ def cmd_evaluate(args) -> int:
             raise BnnflowError(f"--threads must be at least 1, got {args.threads}.")
         torch.set_num_threads(args.threads)
     else:
-        torch.set_num_threads(os.cpu_count() or 1)
+        from bnnflow.cores import usable_cores
+
+        torch.set_num_threads(usable_cores())
     console = Console(highlight=False)
     result = evaluate_checkpoint(args.checkpoint, args.hw_images, args.board, args.build, args.force, args.data,
                                  args.device, console)

@@ -1,0 +1,13 @@
+"""How many CPU cores this process may use."""
+
+from __future__ import annotations
+
+import os
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (taskset, a cpuset, a batch job's share), not all the machine's:
+    torch and worker pools sized to os.cpu_count() oversubscribe a pinned process."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
