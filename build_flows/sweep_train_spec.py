@@ -11,7 +11,7 @@
 
 A training point's keys are `bnnflow train`'s recipe options (model, variant, epochs, batch_size, lr,
 optimizer, psi_lr, momentum, weight_decay, seed, recu, tau_start, tau_end, label_smoothing,
-warmup_epochs, subset, test_subset, val_size), how its steps run (engine, bf16, compile) and data
+warmup_epochs, real_weights_epochs, subset, test_subset, val_size), how its steps run (engine, bf16, compile) and data
 (a CIFAR-10 copy, relative to the sweep file; default: each worker's $BNNFLOW_DATA or ../shared/data).
 Defaults are train's; lr defaults to the optimizer's, so a point that spells it out is the same point.
 """
@@ -28,15 +28,22 @@ from bnnflow.errors import BnnflowError
 # a training point: train's recipe options, how its steps run and its data, with TrainConfig's defaults
 # (one place for them); not where the run is kept or how it is driven (out, resume, threads, ...)
 POINT_KEYS = ("model", "variant", "epochs", "batch_size", "lr", "optimizer", "psi_lr", "momentum", "weight_decay",
-              "seed", "recu", "tau_start", "tau_end", "label_smoothing", "warmup_epochs", "subset", "test_subset",
-              "val_size", "engine", "bf16", "compile", "data")
+              "seed", "recu", "tau_start", "tau_end", "label_smoothing", "warmup_epochs", "real_weights_epochs", "subset",
+              "test_subset", "val_size", "engine", "bf16", "compile", "data")
+# keys added after the first sweeps: left out of a point's identity at their default, so the runs of
+# older sweep files keep their hash (and are found finished)
+LATER_KEYS = ("real_weights_epochs",)
 
 
 class _Point:
     """One training run of a sweep, as the file names it (lr resolved, data path made absolute)."""
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for f in fields(self):
+            if f.name in LATER_KEYS and d[f.name] == f.default:
+                del d[f.name]
+        return d
 
     @property
     def label(self) -> str:
@@ -71,7 +78,7 @@ def _point_class():
 
 TrainPoint = _point_class()
 KEYS = tuple(f.name for f in fields(TrainPoint))
-INTS = ("epochs", "batch_size", "seed", "warmup_epochs", "subset", "test_subset", "val_size")
+INTS = ("epochs", "batch_size", "seed", "warmup_epochs", "real_weights_epochs", "subset", "test_subset", "val_size")
 FLOATS = ("lr", "psi_lr", "momentum", "weight_decay", "tau_start", "tau_end", "label_smoothing")
 BOOLS = ("recu", "bf16", "compile")
 NAMES = ("model", "variant", "optimizer", "engine", "data")

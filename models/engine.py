@@ -41,6 +41,9 @@ class Engine:
         self.kind, self.bf16, self.compile = kind, bf16 and kind == "fast", compile and kind == "fast"
         self._twin = self._compiled = None
         self._binary = fast.binary_latent_weights(net)
+        # two-stage training: the train loop sets this for the first stage's epochs; Brevitas' own forward
+        # (the statistics phase) and every evaluation stay binary
+        self.real_weights = False
 
     def uses_twin(self) -> bool:
         return self.kind == "fast" and not fast.stats_pending(self.net)
@@ -54,7 +57,7 @@ class Engine:
     def forward(self, xb: torch.Tensor) -> torch.Tensor:
         if not self.uses_twin():
             return self.net(xb)
-        self.twin()
+        fast.set_real_weights(self.twin(), self.real_weights)
         fast.clamp_binary_weights(self._binary)  # Brevitas does this in place at every forward
         xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -79,5 +82,6 @@ class Engine:
         """fp32, eval mode set by the caller: the twin (eager) once it exists, else Brevitas."""
         if self.kind == "fast" and not fast.stats_pending(self.net):
             fast.clamp_binary_weights(self._binary)
+            fast.set_real_weights(self.twin(), False)
             return self.twin()(xb)
         return self.net(xb)

@@ -103,6 +103,7 @@ class WeightLayer(nn.Module):
             self.dilation, self.groups = layer.dilation, layer.groups
         inj = _injector(layer.weight_quant)
         self.binary = issubclass(inj, q.BinaryWeight)
+        self.real = False  # two-stage training's first stage: the clamped latent weight, not its sign
         if not self.binary:
             if not (getattr(inj, "narrow_range", False) and inj.bit_width >= 2):
                 raise TypeError(f"unsupported weight quantiser {inj.__name__}")
@@ -111,7 +112,7 @@ class WeightLayer(nn.Module):
     def quant_weight(self) -> torch.Tensor:
         w = self._layer[0].weight
         if self.binary:
-            return sign_ste(w)  # clamped in place before the step (clamp_binary_weights)
+            return w if self.real else sign_ste(w)  # clamped in place before the step (clamp_binary_weights)
         scale = w.abs().max() / self.levels
         return round_ste(w / scale) * scale  # |w / scale| <= levels: Brevitas' clamp (an STE) never acts
 
@@ -171,6 +172,13 @@ class TruncPool(nn.Module):
         r = round_ste(F.avg_pool2d(x, self.kernel, self.kernel) / s)
         f = torch.clamp(floor_ste(r / self.shift), self.lo, self.hi)
         return f * (s * self.shift)
+
+
+def set_real_weights(twin: nn.Module, real: bool) -> None:
+    """Binary layers compute with their real-valued (clamped latent) weights, or binarise them again."""
+    for m in twin.modules():
+        if isinstance(m, WeightLayer) and m.binary:
+            m.real = real
 
 
 def make_twin(net: nn.Module) -> nn.Module:

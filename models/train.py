@@ -413,6 +413,7 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict, float, bool]:
     if cfg.recu:
         tau = recu.tau_schedule(epoch / cfg.epochs, cfg.tau_start, cfg.tau_end)
         recu.set_tau(run.net, tau)
+    engine.real_weights = epoch < cfg.real_weights_epochs
     t0 = time.time()
     with tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
               disable=not cfg.progress, mininterval=0.5 if sys.stderr.isatty() else 60, file=sys.stderr,

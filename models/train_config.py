@@ -25,10 +25,11 @@ DEFAULT_VAL_SIZE = 5000  # the last 5,000 training images select best.pt; the te
 # recipe options: None on the command line means "default" for a new run, "as saved" for --resume
 RECIPE_DEFAULTS = dict(variant="default", epochs=150, batch_size=128, lr=None, optimizer="adam", psi_lr=DEFAULT_PSI_LR,
                        momentum=0.9, weight_decay=0.0, seed=0, recu=False, tau_start=0.85, tau_end=0.99, subset=None,
-                       test_subset=None, val_size=DEFAULT_VAL_SIZE, label_smoothing=0.0, warmup_epochs=0)
+                       test_subset=None, val_size=DEFAULT_VAL_SIZE, label_smoothing=0.0, warmup_epochs=0,
+                       real_weights_epochs=0)
 FIXED_ON_RESUME = ("model", "variant", "batch_size", "lr", "optimizer", "psi_lr", "momentum", "weight_decay", "seed",
                    "recu", "tau_start", "tau_end", "subset", "test_subset", "val_size", "label_smoothing",
-                   "warmup_epochs", "model_args", "input_scale")
+                   "warmup_epochs", "real_weights_epochs", "model_args", "input_scale")
 # how each step is computed may change on --resume (same state, other arithmetic): logged per epoch
 ENGINE_KEYS = ("engine", "bf16", "compile")
 
@@ -50,6 +51,7 @@ class TrainConfig:
     tau_end: float = 0.99
     label_smoothing: float = 0.0
     warmup_epochs: int = 0
+    real_weights_epochs: int = 0  # two-stage training: real-valued weights (binary activations) first
     model_args: dict | None = None  # a user's network: its factory's keyword arguments
     input_scale: str | None = None  # a user's network: the pixels it takes (bnnflow.model_ref.input_description)
     subset: int | None = None
@@ -73,7 +75,7 @@ class TrainConfig:
     def recipe(self) -> dict:
         keys = ("model", "variant", "epochs", "batch_size", "lr", "optimizer", "psi_lr", "momentum", "weight_decay",
                 "seed", "recu", "tau_start", "tau_end", "subset", "test_subset", "val_size", "label_smoothing",
-                "warmup_epochs")
+                "warmup_epochs", "real_weights_epochs")
         d = {k: getattr(self, k) for k in keys}
         if self.optimizer != "psi":
             d.pop("psi_lr")
@@ -139,6 +141,10 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tau-end", type=float, help="ReCU's tau at the last epoch; default: 0.99")
     p.add_argument("--label-smoothing", type=float, help="label smoothing of the training loss; default: 0")
     p.add_argument("--warmup-epochs", type=int, help="linear learning-rate warm-up before the cosine decay; default: 0")
+    p.add_argument("--real-weights-epochs", type=int, metavar="N",
+                   help="two-stage training: the first N epochs train real-valued weights under binary activations "
+                        "(fast engine), the rest the binary network, which is what is evaluated and exported "
+                        "throughout; default: 0")
     p.add_argument("--seed", type=int, help="seed of weights, shuffling and augmentation; default: 0")
     p.add_argument("--subset", type=int, help="train on the first N training images (quick runs)")
     p.add_argument("--test-subset", type=int, help="evaluate on the first N test images (default: all 10,000)")
@@ -255,6 +261,12 @@ def check_config(cfg: TrainConfig) -> None:
         raise BnnflowError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}.")
     if not 0 <= cfg.warmup_epochs < cfg.epochs:
         raise BnnflowError(f"--warmup-epochs must be from 0 to --epochs - 1 ({cfg.epochs - 1}), got {cfg.warmup_epochs}.")
+    if not 0 <= cfg.real_weights_epochs < cfg.epochs:
+        raise BnnflowError(f"--real-weights-epochs must be from 0 to --epochs - 1 ({cfg.epochs - 1}), got "
+                           f"{cfg.real_weights_epochs}.")
+    if cfg.real_weights_epochs and cfg.engine != "fast":
+        raise BnnflowError("--real-weights-epochs needs the fast engine (its twin computes the real-weight stage; "
+                           "Brevitas' forward always binarises the weights).")
     if cfg.val_size < 0:
         raise BnnflowError(f"--val-size must be 0 or more images, got {cfg.val_size}.")
     if cfg.engine not in ENGINES:

@@ -131,6 +131,35 @@ def test_stats_phase_runs_in_brevitas_then_the_twin(images):
         assert torch.equal(net(x), eng.eval_forward(x))
 
 
+def test_real_weight_stage_trains_real_weights_and_evaluates_binary(images):
+    """Two-stage training's first stage: training steps see the clamped latent weights, every evaluation
+    (what selects best.pt and what exports) the binary network; then back to binary training."""
+    x, y = images
+    net = trained_a_little("cnv", "tiny", images)
+    scale = torch.nn.Parameter(torch.tensor(0.0))
+    opt = torch.optim.Adam(list(net.parameters()) + [scale], 1e-3)
+    eng = Engine(net, scale, [opt], torch.device("cpu"), "fast", bf16=False, compile=False)
+    state = copy.deepcopy(net.state_dict())
+    with torch.no_grad():
+        binary_train = eng.forward(x[:32])
+        eng.real_weights = True
+        real_train = eng.forward(x[:32])
+    assert not torch.equal(binary_train, real_train)
+    eng.step(x[:32], y[:32])  # a real-weight step
+    assert all(float(w.detach().abs().max()) <= 1.0 for w in fast.binary_latent_weights(net))
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(net(x), eng.eval_forward(x))  # binary, equal to Brevitas
+    net.train()
+    net.load_state_dict(state)
+    eng = Engine(net, scale, [opt], torch.device("cpu"), "fast", bf16=False, compile=False)
+    eng.real_weights = True
+    with torch.no_grad():
+        eng.forward(x[:32])
+        eng.real_weights = False
+        assert torch.equal(eng.forward(x[:32]), binary_train)
+
+
 def test_unknown_brevitas_layer_is_refused():
     from brevitas.nn import QuantTanh
 

@@ -457,14 +457,27 @@ def test_train_grid_is_every_combination(grid, suffix):
 @given(grid=train_grids())
 def test_train_point_is_the_command_line_it_runs(grid):
     """A point's `bnnflow train` arguments parse back to the point's recipe, every option explicit."""
-    from dataclasses import fields
+    from dataclasses import asdict, fields
 
     from bnnflow.cli import parser
     from bnnflow.models.train_config import config_from_args
 
     for point in _parse({"train": {"grid": grid}}):
         cfg = config_from_args(parser().parse_args(["train", *point.train_args()]))
-        assert {f.name: getattr(cfg, f.name) for f in fields(point)} == point.as_dict()
+        assert {f.name: getattr(cfg, f.name) for f in fields(point)} == asdict(point)
+
+
+def test_a_later_recipe_key_keeps_older_points_hashes():
+    """Finished runs of an older sweep file are found again: a key added later counts only when set."""
+    from bnnflow.build_flows.sweep_train import train_key
+    from bnnflow.build_flows.sweep_train_spec import LATER_KEYS
+
+    plain, two_stage = _parse({"train": {"points": [{"model": "cnv", "epochs": 10},
+                                                    {"model": "cnv", "epochs": 10, "real_weights_epochs": 3}]}})
+    assert not set(LATER_KEYS) & set(plain.as_dict())
+    assert two_stage.as_dict()["real_weights_epochs"] == 3 and train_key(plain) != train_key(two_stage)
+    # the hash this point had before real_weights_epochs existed (models/recipe_study/cnv-screen)
+    assert train_key(plain).startswith("eba3dfc6a08d")
 
 
 def test_train_point_defaults_are_trains():

@@ -171,6 +171,8 @@ def test_existing_run_folder_is_kept(runs, capsys):
     (["train", "cnv", "--benchmark-steps", "3"], "even number"),
     (["train", "cnv", "--label-smoothing", "1"], "--label-smoothing"),
     (["train", "cnv", "--epochs", "5", "--warmup-epochs", "5"], "--warmup-epochs"),
+    (["train", "cnv", "--epochs", "5", "--real-weights-epochs", "5"], "--real-weights-epochs"),
+    (["train", "cnv", "--engine", "brevitas", "--real-weights-epochs", "1"], "needs the fast engine"),
     (["train", "cnv", "--recu", "--tau-start", "0.99", "--tau-end", "0.9"], "tau"),
     (["train", "cnv", "--data", "/nonexistent/cifar", "--out", "/tmp/bnnflow-never"], "/nonexistent/cifar"),
     (["evaluate", "/nonexistent/best.pt"], "does not exist"),
