@@ -11,7 +11,8 @@
 
 A training point's keys are `bnnflow train`'s recipe options (model, variant, epochs, batch_size, lr,
 optimizer, psi_lr, momentum, weight_decay, seed, recu, tau_start, tau_end, label_smoothing,
-warmup_epochs, real_weights_epochs, subset, test_subset, val_size), how its steps run (engine, bf16, compile) and data
+warmup_epochs, real_weights_epochs, teacher, teacher_weight, teacher_temperature, subset, test_subset,
+val_size), how its steps run (engine, bf16, compile) and data
 (a CIFAR-10 copy, relative to the sweep file; default: each worker's $BNNFLOW_DATA or ../shared/data).
 Defaults are train's; lr defaults to the optimizer's, so a point that spells it out is the same point.
 """
@@ -28,11 +29,12 @@ from bnnflow.errors import BnnflowError
 # a training point: train's recipe options, how its steps run and its data, with TrainConfig's defaults
 # (one place for them); not where the run is kept or how it is driven (out, resume, threads, ...)
 POINT_KEYS = ("model", "variant", "epochs", "batch_size", "lr", "optimizer", "psi_lr", "momentum", "weight_decay",
-              "seed", "recu", "tau_start", "tau_end", "label_smoothing", "warmup_epochs", "real_weights_epochs", "subset",
-              "test_subset", "val_size", "engine", "bf16", "compile", "data")
+              "seed", "recu", "tau_start", "tau_end", "label_smoothing", "warmup_epochs", "real_weights_epochs", "teacher",
+              "teacher_weight", "teacher_temperature", "subset", "test_subset", "val_size", "engine", "bf16", "compile",
+              "data")
 # keys added after the first sweeps: left out of a point's identity at their default, so the runs of
 # older sweep files keep their hash (and are found finished)
-LATER_KEYS = ("real_weights_epochs",)
+LATER_KEYS = ("real_weights_epochs", "teacher", "teacher_weight", "teacher_temperature")
 
 
 class _Point:
@@ -79,9 +81,10 @@ def _point_class():
 TrainPoint = _point_class()
 KEYS = tuple(f.name for f in fields(TrainPoint))
 INTS = ("epochs", "batch_size", "seed", "warmup_epochs", "real_weights_epochs", "subset", "test_subset", "val_size")
-FLOATS = ("lr", "psi_lr", "momentum", "weight_decay", "tau_start", "tau_end", "label_smoothing")
+FLOATS = ("lr", "psi_lr", "momentum", "weight_decay", "tau_start", "tau_end", "label_smoothing", "teacher_weight",
+          "teacher_temperature")
 BOOLS = ("recu", "bf16", "compile")
-NAMES = ("model", "variant", "optimizer", "engine", "data")
+NAMES = ("model", "variant", "optimizer", "engine", "data", "teacher")
 assert set(INTS + FLOATS + BOOLS + NAMES) == set(KEYS)
 
 
@@ -106,8 +109,9 @@ def train_point(p, where: str, base: Path) -> TrainPoint:
             raise BnnflowError(f"{where}: unknown {key} {p[key]!r}: choose one of {', '.join(allowed)}.")
     _check_network(p["model"], p.get("variant", "default"), where)
     values = {k: float(v) if k in FLOATS and v is not None else v for k, v in p.items()}
-    if values.get("data") is not None:
-        values["data"] = _data(values["data"], where, base)
+    for key in ("data", "teacher"):  # paths relative to the sweep file
+        if values.get(key) is not None:
+            values[key] = _path(key, values[key], where, base)
     point = TrainPoint(**values)
     if point.lr is None:  # train's default, spelt out: a point with and one without it are one run
         point = TrainPoint(**{**point.as_dict(), "lr": DEFAULT_LR[point.optimizer]})
@@ -123,7 +127,7 @@ def train_point(p, where: str, base: Path) -> TrainPoint:
 def _check_type(key: str, value, where: str) -> None:
     from .sweep_spec import _kind
 
-    if value is None and key in ("lr", "subset", "test_subset", "bf16", "data"):
+    if value is None and key in ("lr", "subset", "test_subset", "bf16", "data", "teacher"):
         return  # the default
     if key in INTS:
         ok, what = isinstance(value, int) and not isinstance(value, bool), "a whole number"
@@ -138,8 +142,10 @@ def _check_type(key: str, value, where: str) -> None:
         raise BnnflowError(f"{where}: {key} must be {what}, not {_kind(value)}.")
 
 
-def _data(value: str, where: str, base: Path) -> str:
+def _path(key: str, value: str, where: str, base: Path) -> str:
     path = (base / value).expanduser().resolve()
-    if not path.exists():
+    if key == "data" and not path.exists():
         raise BnnflowError(f"{where}: data {value!r} is neither a CIFAR-10 folder nor a file.")
+    if key == "teacher" and not path.is_file():
+        raise BnnflowError(f"{where}: teacher {value!r} is not a checkpoint file.")
     return str(path)

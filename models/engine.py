@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fast
+from .distill import distillation_loss
 
 
 def bf16_default(device: torch.device) -> bool:
@@ -44,6 +45,7 @@ class Engine:
         # two-stage training: the train loop sets this for the first stage's epochs; Brevitas' own forward
         # (the statistics phase) and every evaluation stay binary
         self.real_weights = False
+        self.teacher_weight, self.teacher_temperature = 0.0, 1.0  # distillation (distill.py), set by the run
 
     def uses_twin(self) -> bool:
         return self.kind == "fast" and not fast.stats_pending(self.net)
@@ -63,14 +65,24 @@ class Engine:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             return self._compiled(xb).float()
 
-    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, soft: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`soft`: a teacher's class probabilities for the batch (distillation), else None."""
         if self.parallel is not None:  # under torchrun: this rank's share of the batch (train_ddp.py)
-            return self.parallel.step(self, xb, yb)
-        return self.local_step(xb, yb)
+            return self.parallel.step(self, xb, yb, soft)
+        return self.local_step(xb, yb, soft)
 
-    def local_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, scaled: torch.Tensor, yb: torch.Tensor, soft: torch.Tensor | None = None) -> torch.Tensor:
+        """The training loss of logits times the learnt logit scale."""
+        if soft is None:
+            return F.cross_entropy(scaled, yb, label_smoothing=self.label_smoothing)
+        return distillation_loss(scaled, yb, soft, self.teacher_weight, self.teacher_temperature,
+                                 self.label_smoothing)
+
+    def local_step(self, xb: torch.Tensor, yb: torch.Tensor, soft: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.forward(xb)
-        loss = F.cross_entropy(logits * self.logit_scale.exp(), yb, label_smoothing=self.label_smoothing)
+        loss = self.loss(logits * self.logit_scale.exp(), yb, soft)
         for opt in self.opts:
             opt.zero_grad(set_to_none=True)
         loss.backward()

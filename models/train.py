@@ -247,6 +247,7 @@ class _Run:
     run_info: dict  # run.json without its status
     best: float = -1.0  # selection_score of the epoch in best.pt; -1 before there is one
     main: bool = True  # the process that writes the run folder (rank 0 under torchrun)
+    soft: object = None  # distillation: the teacher's class probabilities per training image (distill.py)
 
     @property
     def total_steps(self) -> int:
@@ -326,12 +327,31 @@ def _start_run(cfg: TrainConfig, out: Path, saved: dict | None, console, paralle
                 "device": str(device), "threads": torch.get_num_threads(), "command": "bnnflow train", "out": str(out)}
     if parallel is not None:
         run_info.update(processes=parallel.world, command="torchrun ... bnnflow train")
+    soft = _teacher(cfg, out, tensors, engine, run_info, saved is not None) if cfg.teacher else None
     run = _Run(cfg, out, device, data["info"], tensors, net, logit_scale, opts, engine, history, start_epoch,
-               steps_per_epoch, run_info, selection_score(selected_row(history)) if history else -1.0, main)
+               steps_per_epoch, run_info, selection_score(selected_row(history)) if history else -1.0, main, soft)
     if main:
         write_run_json(out, run_info)
     _announce(run, console)
     return run
+
+
+def _teacher(cfg: TrainConfig, out: Path, tensors: tuple, engine, run_info: dict, resumed: bool):
+    """The teacher's soft labels of the training images; a resumed run refuses a teacher file that changed."""
+    import json
+
+    from .distill import soft_targets
+
+    soft, info = soft_targets(cfg.teacher, tensors[0], tensors[1], cfg.teacher_temperature)
+    before = out / "run.json"
+    if resumed and before.is_file():
+        was = json.loads(before.read_text()).get("teacher", {}).get("sha256")
+        if was is not None and was != info["sha256"]:
+            raise BnnflowError(f"The teacher {cfg.teacher} has changed since the run in {out} started (another "
+                               "sha256): restore that file to resume, or start a new run.")
+    engine.teacher_weight, engine.teacher_temperature = cfg.teacher_weight, cfg.teacher_temperature
+    run_info["teacher"] = info
+    return soft
 
 
 def _announce(run: _Run, console) -> None:
@@ -343,6 +363,11 @@ def _announce(run: _Run, console) -> None:
                   f"({len(run.tensors[2])} held out to select best.pt) for epochs {run.start_epoch + 1}..{run.end_epoch} "
                   f"of {cfg.epochs} on {run.device} ({torch.get_num_threads()} threads, {cfg.engine} engine"
                   f"{', bf16' if engine.bf16 else ''}{', compiled' if engine.compile else ''}), run folder {run.out}")
+    if run.soft is not None:
+        t = run.run_info["teacher"]
+        console.print(f"Distilling from {cfg.teacher} (top-1 {t['train_top1']:.1%} on these training images, "
+                      f"labelled in {t['seconds']:.0f} s), weight {cfg.teacher_weight}, temperature "
+                      f"{cfg.teacher_temperature}")
 
 
 def _restore(cfg: TrainConfig, saved: dict, out: Path, net, logit_scale, device) -> list:
@@ -369,7 +394,7 @@ def _restore(cfg: TrainConfig, saved: dict, out: Path, net, logit_scale, device)
     return opts
 
 
-def _train_epoch(engine, x, y, epoch: int, cfg: TrainConfig, total_steps: int, progress_bar) -> dict:
+def _train_epoch(engine, x, y, epoch: int, cfg: TrainConfig, total_steps: int, progress_bar, soft=None) -> dict:
     """One epoch of steps: shuffle and augmentation drawn from the (seed, epoch) generator."""
     import torch
 
@@ -388,7 +413,7 @@ def _train_epoch(engine, x, y, epoch: int, cfg: TrainConfig, total_steps: int, p
                 g["lr"] = g["base_lr"] * factor
         idx = perm[i * bs:(i + 1) * bs]
         yb = y[idx]
-        loss, logits = engine.step(augment(x[idx].float(), gen), yb)
+        loss, logits = engine.step(augment(x[idx].float(), gen), yb, soft[idx] if soft is not None else None)
         if not torch.isfinite(loss):
             raise BnnflowError(f"The loss became {float(loss)} at epoch {epoch + 1}: lower --lr (or --psi-lr) "
                                "and start again with --force.")
@@ -418,7 +443,7 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict, float, bool]:
     with tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
               disable=not cfg.progress, mininterval=0.5 if sys.stderr.isatty() else 60, file=sys.stderr,
               dynamic_ncols=True) as bar:
-        stats = _train_epoch(engine, x, y, epoch, cfg, run.total_steps, bar)
+        stats = _train_epoch(engine, x, y, epoch, cfg, run.total_steps, bar, run.soft)
     seconds = time.time() - t0
     t1 = time.time()
     val_loss, val_top1, _ = evaluate_tensors(engine, xv, yv, run.logit_scale) if len(xv) else (None, None, None)

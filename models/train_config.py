@@ -22,14 +22,17 @@ DEFAULT_PSI_LR = 30.0  # angular steps like Adam 2e-3 (steps on the RMS-1 repres
 ENGINES = ("fast", "brevitas")
 TEST_EVALS = ("selected", "every")
 DEFAULT_VAL_SIZE = 5000  # the last 5,000 training images select best.pt; the test set never does
+DEFAULT_TEACHER_WEIGHT, DEFAULT_TEACHER_TEMPERATURE = 0.5, 4.0  # Hinton et al.'s usual distillation mix
 # recipe options: None on the command line means "default" for a new run, "as saved" for --resume
 RECIPE_DEFAULTS = dict(variant="default", epochs=150, batch_size=128, lr=None, optimizer="adam", psi_lr=DEFAULT_PSI_LR,
                        momentum=0.9, weight_decay=0.0, seed=0, recu=False, tau_start=0.85, tau_end=0.99, subset=None,
                        test_subset=None, val_size=DEFAULT_VAL_SIZE, label_smoothing=0.0, warmup_epochs=0,
-                       real_weights_epochs=0)
+                       real_weights_epochs=0, teacher=None, teacher_weight=DEFAULT_TEACHER_WEIGHT,
+                       teacher_temperature=DEFAULT_TEACHER_TEMPERATURE)
 FIXED_ON_RESUME = ("model", "variant", "batch_size", "lr", "optimizer", "psi_lr", "momentum", "weight_decay", "seed",
                    "recu", "tau_start", "tau_end", "subset", "test_subset", "val_size", "label_smoothing",
-                   "warmup_epochs", "real_weights_epochs", "model_args", "input_scale")
+                   "warmup_epochs", "real_weights_epochs", "teacher", "teacher_weight", "teacher_temperature",
+                   "model_args", "input_scale")
 # how each step is computed may change on --resume (same state, other arithmetic): logged per epoch
 ENGINE_KEYS = ("engine", "bf16", "compile")
 
@@ -52,6 +55,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     warmup_epochs: int = 0
     real_weights_epochs: int = 0  # two-stage training: real-valued weights (binary activations) first
+    teacher: str | None = None  # distillation: a checkpoint whose soft labels join the loss (distill.py)
+    teacher_weight: float = DEFAULT_TEACHER_WEIGHT
+    teacher_temperature: float = DEFAULT_TEACHER_TEMPERATURE
     model_args: dict | None = None  # a user's network: its factory's keyword arguments
     input_scale: str | None = None  # a user's network: the pixels it takes (bnnflow.model_ref.input_description)
     subset: int | None = None
@@ -75,8 +81,10 @@ class TrainConfig:
     def recipe(self) -> dict:
         keys = ("model", "variant", "epochs", "batch_size", "lr", "optimizer", "psi_lr", "momentum", "weight_decay",
                 "seed", "recu", "tau_start", "tau_end", "subset", "test_subset", "val_size", "label_smoothing",
-                "warmup_epochs", "real_weights_epochs")
+                "warmup_epochs", "real_weights_epochs", "teacher", "teacher_weight", "teacher_temperature")
         d = {k: getattr(self, k) for k in keys}
+        if self.teacher is None:
+            d.pop("teacher_weight"), d.pop("teacher_temperature")
         if self.optimizer != "psi":
             d.pop("psi_lr")
         if self.optimizer == "adam":
@@ -145,6 +153,13 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
                    help="two-stage training: the first N epochs train real-valued weights under binary activations "
                         "(fast engine), the rest the binary network, which is what is evaluated and exported "
                         "throughout; default: 0")
+    p.add_argument("--teacher", metavar="CKPT",
+                   help="distillation: a trained checkpoint (e.g. models/checkpoints/resnete-default.pt) labels "
+                        "every training image once; the loss mixes its softened labels with the true ones")
+    p.add_argument("--teacher-weight", type=float,
+                   help=f"share of the teacher's term in the loss, 0..1; default: {DEFAULT_TEACHER_WEIGHT}")
+    p.add_argument("--teacher-temperature", type=float,
+                   help=f"softmax temperature of the distillation term; default: {DEFAULT_TEACHER_TEMPERATURE}")
     p.add_argument("--seed", type=int, help="seed of weights, shuffling and augmentation; default: 0")
     p.add_argument("--subset", type=int, help="train on the first N training images (quick runs)")
     p.add_argument("--test-subset", type=int, help="evaluate on the first N test images (default: all 10,000)")
@@ -267,6 +282,13 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.real_weights_epochs and cfg.engine != "fast":
         raise BnnflowError("--real-weights-epochs needs the fast engine (its twin computes the real-weight stage; "
                            "Brevitas' forward always binarises the weights).")
+    if not 0 <= cfg.teacher_weight <= 1:
+        raise BnnflowError(f"--teacher-weight must be in [0, 1], got {cfg.teacher_weight}.")
+    if not cfg.teacher_temperature > 0:
+        raise BnnflowError(f"--teacher-temperature must be positive, got {cfg.teacher_temperature}.")
+    if cfg.teacher is not None and not Path(cfg.teacher).is_file():
+        raise BnnflowError(f"The teacher checkpoint {cfg.teacher} does not exist: pass a best.pt or "
+                           "models/checkpoints/MODEL-default.pt.")
     if cfg.val_size < 0:
         raise BnnflowError(f"--val-size must be 0 or more images, got {cfg.val_size}.")
     if cfg.engine not in ENGINES:

@@ -23,7 +23,6 @@ import os
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bnnflow.errors import BnnflowError
@@ -70,7 +69,8 @@ class DataParallel:
         self.dist.barrier()
         self.dist.destroy_process_group()
 
-    def step(self, engine, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, engine, xb: torch.Tensor, yb: torch.Tensor, soft: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
         """engine.step on the whole global batch `xb`: (its mean loss, its logits), computed on this rank's share."""
         global _sharded
         n = len(xb)
@@ -78,7 +78,7 @@ class DataParallel:
             raise BnnflowError(f"A batch of {n} images does not split evenly over {self.world} processes: pass a "
                                f"--batch-size (and --subset) divisible by {self.world}.")
         if not engine.uses_twin() and _stats_pending(engine.net):
-            return engine.local_step(xb, yb)  # per-batch statistics: the whole batch on every rank
+            return engine.local_step(xb, yb, soft)  # per-batch statistics: the whole batch on every rank
         if self.ddp is None:  # after any state_dict load (Brevitas rebuilds scale Parameters on load)
             _globalise_batch_norm(engine.net)
             # buffers (batch-norm statistics) stay equal on every rank: no need to send them each step
@@ -90,7 +90,7 @@ class DataParallel:
             logits, scaled = self.ddp(xb[lo:hi])
         finally:
             _sharded = False
-        loss = F.cross_entropy(scaled, yb[lo:hi], label_smoothing=engine.label_smoothing)
+        loss = engine.loss(scaled, yb[lo:hi], soft[lo:hi] if soft is not None else None)
         for opt in engine.opts:
             opt.zero_grad(set_to_none=True)
         loss.backward()  # DDP averages the gradients over the ranks here

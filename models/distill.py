@@ -1,0 +1,80 @@
+"""Distillation from a trained checkpoint: its soft labels for the training images, and the loss.
+
+The teacher (any checkpoint `bnnflow evaluate` reads, e.g. the committed ResNetE for a CNV student)
+labels each training image once, un-augmented, when the run starts or resumes, so a step costs
+no teacher forward pass. Its logits are a binary network's integer sums: one scale, fitted by
+maximum likelihood on those images, calibrates them before the temperature softens them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bnnflow.errors import BnnflowError
+
+from .checkpoint import load_checkpoint
+
+CALIBRATION_STEPS = 50  # LBFGS iterations fitting the one logit scale (converges in a handful)
+
+
+def teacher_logits(path: str | Path, x_uint8: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """The teacher's fp32 eval logits on uint8 NCHW images (through the fast twin for bnnflow's models)."""
+    from . import fast
+
+    net, _ = load_checkpoint(path)
+    net.to(x_uint8.device)
+    try:
+        forward = fast.make_twin(net).eval()
+    except TypeError:  # a user's network: Brevitas' own forward
+        forward = net
+    net.eval()
+    fast.clamp_binary_weights(fast.binary_latent_weights(net))
+    with torch.no_grad():
+        out = [forward(x_uint8[i:i + batch].float()) for i in range(0, len(x_uint8), batch)]
+    logits = torch.cat(out).float().cpu()
+    if logits.ndim != 2 or logits.shape[1] != 10:
+        raise BnnflowError(f"The teacher {path} gives logits of shape {tuple(logits.shape)}, not N x 10 CIFAR-10 "
+                           "classes: pass a CIFAR-10 checkpoint as --teacher.")
+    return logits
+
+
+def calibrated_scale(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """The scale s minimising cross-entropy(s * logits, y): temperature scaling (Guo et al. 2017)."""
+    log_s = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([log_s], max_iter=CALIBRATION_STEPS, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(logits * log_s.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_s.detach().exp())
+
+
+def soft_targets(path: str | Path, x_uint8: torch.Tensor, y: torch.Tensor, temperature: float) -> tuple[torch.Tensor, dict]:
+    """(the teacher's softened class probabilities for the images, what the run logs about the teacher)."""
+    t0 = time.time()
+    logits = teacher_logits(path, x_uint8)
+    y = y.cpu()
+    scale = calibrated_scale(logits, y)
+    probs = F.softmax(logits * scale / temperature, dim=1)
+    info = {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+            "train_top1": round(float((logits.argmax(1) == y).float().mean()), 4), "logit_scale": round(scale, 6),
+            "seconds": round(time.time() - t0, 1)}
+    return probs.to(x_uint8.device), info
+
+
+def distillation_loss(scaled: torch.Tensor, yb: torch.Tensor, soft: torch.Tensor, weight: float,
+                      temperature: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """(1 - weight) x cross-entropy on the labels + weight x T^2 x KL(teacher || student at temperature T)
+    (Hinton et al. 2015); `scaled` are the student's logits times its learnt logit scale."""
+    ce = F.cross_entropy(scaled, yb, label_smoothing=label_smoothing)
+    kd = F.kl_div(F.log_softmax(scaled.float() / temperature, dim=1), soft, reduction="batchmean")
+    return (1.0 - weight) * ce + weight * temperature ** 2 * kd
