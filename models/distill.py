@@ -9,6 +9,7 @@ maximum likelihood on those images, calibrates them before the temperature softe
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -65,8 +66,7 @@ def soft_targets(path: str | Path, x_uint8: torch.Tensor, y: torch.Tensor, tempe
     y = y.cpu()
     scale = calibrated_scale(logits, y)
     probs = F.softmax(logits * scale / temperature, dim=1)
-    info = {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
-            "train_top1": round(float((logits.argmax(1) == y).float().mean()), 4), "logit_scale": round(scale, 6),
+    info = {"path": str(path), "train_top1": round(float((logits.argmax(1) == y).float().mean()), 4), "logit_scale": round(scale, 6),
             "seconds": round(time.time() - t0, 1)}
     return probs.to(x_uint8.device), info
 
@@ -78,3 +78,20 @@ def distillation_loss(scaled: torch.Tensor, yb: torch.Tensor, soft: torch.Tensor
     ce = F.cross_entropy(scaled, yb, label_smoothing=label_smoothing)
     kd = F.kl_div(F.log_softmax(scaled.float() / temperature, dim=1), soft, reduction="batchmean")
     return (1.0 - weight) * ce + weight * temperature ** 2 * kd
+
+
+def attach_teacher(cfg, out: Path, tensors: tuple, engine, run_info: dict, resumed: bool):
+    """The teacher's soft labels of the run's training images (tensors[0]), its settings on the engine and its
+    record in run.json; a resumed run refuses a teacher file that has changed since it started."""
+    sha = hashlib.sha256(Path(cfg.teacher).read_bytes()).hexdigest()
+    before = out / "run.json"
+    if resumed and before.is_file():  # checked before the minutes of labelling
+        was = json.loads(before.read_text()).get("teacher", {}).get("sha256")
+        if was is not None and was != sha:
+            raise BnnflowError(f"The teacher {cfg.teacher} has changed since the run in {out} started (another "
+                               "sha256): restore that file to resume, or start a new run.")
+    soft, info = soft_targets(cfg.teacher, tensors[0], tensors[1], cfg.teacher_temperature)
+    info["sha256"] = sha
+    engine.teacher_weight, engine.teacher_temperature = cfg.teacher_weight, cfg.teacher_temperature
+    run_info["teacher"] = info
+    return soft

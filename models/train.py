@@ -301,6 +301,7 @@ def _start_run(cfg: TrainConfig, out: Path, saved: dict | None, console, paralle
     run.json says "running" from here on."""
     import torch
 
+    from .distill import attach_teacher
     from .engine import Engine
 
     device = _set_up_device(cfg, parallel)
@@ -327,31 +328,13 @@ def _start_run(cfg: TrainConfig, out: Path, saved: dict | None, console, paralle
                 "device": str(device), "threads": torch.get_num_threads(), "command": "bnnflow train", "out": str(out)}
     if parallel is not None:
         run_info.update(processes=parallel.world, command="torchrun ... bnnflow train")
-    soft = _teacher(cfg, out, tensors, engine, run_info, saved is not None) if cfg.teacher else None
+    soft = attach_teacher(cfg, out, tensors, engine, run_info, saved is not None) if cfg.teacher else None
     run = _Run(cfg, out, device, data["info"], tensors, net, logit_scale, opts, engine, history, start_epoch,
                steps_per_epoch, run_info, selection_score(selected_row(history)) if history else -1.0, main, soft)
     if main:
         write_run_json(out, run_info)
     _announce(run, console)
     return run
-
-
-def _teacher(cfg: TrainConfig, out: Path, tensors: tuple, engine, run_info: dict, resumed: bool):
-    """The teacher's soft labels of the training images; a resumed run refuses a teacher file that changed."""
-    import json
-
-    from .distill import soft_targets
-
-    soft, info = soft_targets(cfg.teacher, tensors[0], tensors[1], cfg.teacher_temperature)
-    before = out / "run.json"
-    if resumed and before.is_file():
-        was = json.loads(before.read_text()).get("teacher", {}).get("sha256")
-        if was is not None and was != info["sha256"]:
-            raise BnnflowError(f"The teacher {cfg.teacher} has changed since the run in {out} started (another "
-                               "sha256): restore that file to resume, or start a new run.")
-    engine.teacher_weight, engine.teacher_temperature = cfg.teacher_weight, cfg.teacher_temperature
-    run_info["teacher"] = info
-    return soft
 
 
 def _announce(run: _Run, console) -> None:
