@@ -85,13 +85,14 @@ def attach_teacher(cfg, out: Path, tensors: tuple, engine, run_info: dict, resum
     record in run.json; a resumed run refuses a teacher file that has changed since it started."""
     sha = hashlib.sha256(Path(cfg.teacher).read_bytes()).hexdigest()
     before = out / "run.json"
-    if resumed and before.is_file():  # checked before the minutes of labelling
-        was = json.loads(before.read_text()).get("teacher", {}).get("sha256")
-        if was is not None and was != sha:
+    was = json.loads(before.read_text()).get("teacher", {}) if resumed and before.is_file() else {}
+    if was.get("sha256") not in (None, sha):  # checked before the minutes of labelling
             raise BnnflowError(f"The teacher {cfg.teacher} has changed since the run in {out} started (another "
                                "sha256): restore that file to resume, or start a new run.")
     soft, info = soft_targets(cfg.teacher, tensors[0], tensors[1], cfg.teacher_temperature)
     info["sha256"] = sha
+    # the labelling is repeated at every start: `bnnflow runs` counts all of it in the run's CPU-hours
+    info["seconds_all_starts"] = round(was.get("seconds_all_starts", 0.0) + info["seconds"], 1)
     engine.teacher_weight, engine.teacher_temperature = cfg.teacher_weight, cfg.teacher_temperature
     run_info["teacher"] = info
     return soft

@@ -20,7 +20,7 @@ RUN_FILES = ("last.pt", "best.pt", "log.csv", "log.json", "curve.png", "run.json
 # seconds: the epoch's training steps; eval_seconds: its validation and test passes (logged since epoch 70 of
 # the long run), so what --test-eval saves can be read from the log
 LOG_COLUMNS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "test_loss", "test_top1", "lr", "tau",
-               "seconds", "images_per_s", "engine", "eval_seconds")
+               "seconds", "images_per_s", "engine", "eval_seconds", "threads")
 
 
 def default_out(cfg: TrainConfig) -> Path:

@@ -1,7 +1,8 @@
 """`bnnflow runs`: the recipe table from logged training runs (README's recipe table).
 
 One row per run folder: what differs from the default recipe, epochs done of those planned,
-CPU-hours (wall seconds of the logged epochs x torch threads), and the top-1 of the epoch
+CPU-hours (wall seconds of the logged epochs' training steps x their torch threads, plus a teacher's
+labelling), and the top-1 of the epoch
 best.pt holds, selected on the held-out validation split, with its test top-1 beside it.
 Test top-1 is reported, never used to choose.
 """
@@ -59,7 +60,9 @@ def run_row(folder: Path) -> dict:
     return {"run": folder.name, "model": network_name(cfg["model"], cfg["variant"]), "recipe": _recipe_text(cfg),
             "engine": "+".join(engines) if len(engines) == 1 else " then ".join(engines),
             "epochs": f"{len(history)}/{cfg['epochs']}",
-            "cpu_hours": sum(r["seconds"] for r in history) * threads / 3600,
+            # training steps (evaluation not counted), and a teacher's labelling of the training images
+            "cpu_hours": (sum(r["seconds"] * r.get("threads", threads) for r in history)
+                          + run.get("teacher", {}).get("seconds_all_starts", 0.0) * threads) / 3600,
             "best_epoch": best["epoch"], "val_top1": best.get("val_top1"), "test_top1": best["test_top1"],
             "status": run.get("status", "?")}
 
@@ -70,7 +73,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         val = f"{100 * r['val_top1']:.2f} %" if r["val_top1"] is not None else "(no split)"
         lines.append(f"| {r['run']} | {r['model']} | {r['recipe']} | {r['engine']} | {r['epochs']} | "
-                     f"{r['cpu_hours']:.1f} | {r['best_epoch']} | {val} | {100 * r['test_top1']:.2f} % |")
+                     f"{r['cpu_hours']:.{2 if r['cpu_hours'] < 1 else 1}f} | {r['best_epoch']} | {val} | {100 * r['test_top1']:.2f} % |")
     return "\n".join(lines)
 
 

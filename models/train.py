@@ -412,6 +412,7 @@ def _train_epoch(engine, x, y, epoch: int, cfg: TrainConfig, total_steps: int, p
 def _run_epoch(run: _Run, epoch: int) -> tuple[dict, float, bool]:
     """Train one epoch, then evaluate on the held-out and test images: (the epoch's log row, seconds
     of training, whether best.pt selects it)."""
+    import torch
     from tqdm import tqdm
 
     from . import recu
@@ -439,7 +440,9 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict, float, bool]:
            "lr": stats["lr"], "tau": tau, "seconds": round(seconds, 2),
            "images_per_s": round(stats["seen"] / seconds, 1),
            "engine": cfg.engine + ("+bf16" if engine.bf16 else "") + ("+compile" if engine.compile else ""),
-           "eval_seconds": round(time.time() - t1, 2)}
+           "eval_seconds": round(time.time() - t1, 2),
+           # CPU threads of the epoch, all processes (CPU-hours = seconds x threads; --threads may change on resume)
+           "threads": torch.get_num_threads() * (run.run_info.get("processes") or 1)}
     return row, seconds, selected
 
 

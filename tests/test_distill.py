@@ -68,6 +68,8 @@ def test_run_with_the_committed_resnete_as_teacher(tmp_path, capsys):
     shutil.copy(teacher, mine)  # the same teacher again: the run goes on
     assert main(["train", "--resume", "--out", str(out), "--no-progress"]) == 0
     assert len(read_checkpoint(out / "last.pt")["train_state"]["history"]) == 2
+    again = json.loads((out / "run.json").read_text())["teacher"]
+    assert again["seconds_all_starts"] == pytest.approx(t["seconds_all_starts"] + again["seconds"], abs=0.11)
 
 
 def read_bytes_of_other_checkpoint() -> bytes:

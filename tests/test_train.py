@@ -446,3 +446,19 @@ def test_default_threads_follow_the_cores_the_process_may_use():
             "_set_up_device(TrainConfig(model='cnv', variant='tiny', device='cpu')); print(torch.get_num_threads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split()[-1] == "1"
+
+
+def test_runs_table_counts_each_epochs_threads_and_the_teachers_labelling(tmp_path):
+    """CPU-hours follow --threads changed on --resume (older rows: run.json's threads) and include a teacher's
+    labelling of the training images at every start."""
+    import json
+
+    from bnnflow.models.runs_table import run_row
+
+    rows = [{"epoch": 1, "seconds": 3600.0, "val_top1": 0.5, "test_top1": 0.5, "engine": "fast"},  # before the column
+            {"epoch": 2, "seconds": 1800.0, "val_top1": 0.6, "test_top1": 0.6, "engine": "fast", "threads": 1}]
+    (tmp_path / "log.json").write_text(json.dumps(rows))
+    run = {"config": {"model": "cnv", "variant": "default", "epochs": 4}, "threads": 2,
+           "teacher": {"seconds_all_starts": 900.0}}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    assert run_row(tmp_path)["cpu_hours"] == pytest.approx((3600 * 2 + 1800 * 1 + 900 * 2) / 3600)
