@@ -29,9 +29,9 @@ from bnnflow.errors import BnnflowError
 # a training point: train's recipe options, how its steps run and its data, with TrainConfig's defaults
 # (one place for them); not where the run is kept or how it is driven (out, resume, threads, ...)
 POINT_KEYS = ("model", "variant", "epochs", "batch_size", "lr", "optimizer", "psi_lr", "momentum", "weight_decay",
-              "seed", "recu", "tau_start", "tau_end", "label_smoothing", "warmup_epochs", "real_weights_epochs", "teacher",
-              "teacher_weight", "teacher_temperature", "subset", "test_subset", "val_size", "engine", "bf16", "compile",
-              "data")
+              "seed", "recu", "tau_start", "tau_end", "label_smoothing", "warmup_epochs", "real_weights_epochs",
+              "teacher", "teacher_weight", "teacher_temperature", "subset", "test_subset", "val_size", "engine", "bf16",
+              "compile", "data")
 # keys added after the first sweeps: left out of a point's identity at their default, so the runs of
 # older sweep files keep their hash (and are found finished)
 LATER_KEYS = ("real_weights_epochs", "teacher", "teacher_weight", "teacher_temperature")

@@ -59,15 +59,16 @@ def calibrated_scale(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float(log_s.detach().exp())
 
 
-def soft_targets(path: str | Path, x_uint8: torch.Tensor, y: torch.Tensor, temperature: float) -> tuple[torch.Tensor, dict]:
+def soft_targets(path: str | Path, x_uint8: torch.Tensor, y: torch.Tensor, temperature: float
+                 ) -> tuple[torch.Tensor, dict]:
     """(the teacher's softened class probabilities for the images, what the run logs about the teacher)."""
     t0 = time.time()
     logits = teacher_logits(path, x_uint8)
     y = y.cpu()
     scale = calibrated_scale(logits, y)
     probs = F.softmax(logits * scale / temperature, dim=1)
-    info = {"path": str(path), "train_top1": round(float((logits.argmax(1) == y).float().mean()), 4), "logit_scale": round(scale, 6),
-            "seconds": round(time.time() - t0, 1)}
+    info = {"path": str(path), "train_top1": round(float((logits.argmax(1) == y).float().mean()), 4),
+            "logit_scale": round(scale, 6), "seconds": round(time.time() - t0, 1)}
     return probs.to(x_uint8.device), info
 
 
@@ -87,8 +88,8 @@ def attach_teacher(cfg, out: Path, tensors: tuple, engine, run_info: dict, resum
     before = out / "run.json"
     was = json.loads(before.read_text()).get("teacher", {}) if resumed and before.is_file() else {}
     if was.get("sha256") not in (None, sha):  # checked before the minutes of labelling
-            raise BnnflowError(f"The teacher {cfg.teacher} has changed since the run in {out} started (another "
-                               "sha256): restore that file to resume, or start a new run.")
+        raise BnnflowError(f"The teacher {cfg.teacher} has changed since the run in {out} started (another "
+                           "sha256): restore that file to resume, or start a new run.")
     soft, info = soft_targets(cfg.teacher, tensors[0], tensors[1], cfg.teacher_temperature)
     info["sha256"] = sha
     # the labelling is repeated at every start: `bnnflow runs` counts all of it in the run's CPU-hours
