@@ -7,6 +7,7 @@ that builds the FINN graph is marked slow (and build).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -458,7 +459,10 @@ def test_runs_table_counts_each_epochs_threads_and_the_teachers_labelling(tmp_pa
     rows = [{"epoch": 1, "seconds": 3600.0, "val_top1": 0.5, "test_top1": 0.5, "engine": "fast"},  # before the column
             {"epoch": 2, "seconds": 1800.0, "val_top1": 0.6, "test_top1": 0.6, "engine": "fast", "threads": 1}]
     (tmp_path / "log.json").write_text(json.dumps(rows))
-    run = {"config": {"model": "cnv", "variant": "default", "epochs": 4}, "threads": 2,
+    teacher = Path.cwd() / "models" / "checkpoints" / "resnete-default.pt"  # as a sweep stores it: absolute
+    run = {"config": {"model": "cnv", "variant": "default", "epochs": 4, "teacher": str(teacher)}, "threads": 2,
            "teacher": {"seconds_all_starts": 900.0}}
     (tmp_path / "run.json").write_text(json.dumps(run))
-    assert run_row(tmp_path)["cpu_hours"] == pytest.approx((3600 * 2 + 1800 * 1 + 900 * 2) / 3600)
+    row = run_row(tmp_path)
+    assert row["cpu_hours"] == pytest.approx((3600 * 2 + 1800 * 1 + 900 * 2) / 3600)
+    assert row["recipe"] == f"teacher={Path('models') / 'checkpoints' / 'resnete-default.pt'}"
