@@ -8,7 +8,6 @@ maximum likelihood on those images, calibrates them before the temperature softe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bnnflow.digest import file_sha256
 from bnnflow.errors import BnnflowError
 
 from .checkpoint import load_checkpoint
@@ -84,7 +84,7 @@ def distillation_loss(scaled: torch.Tensor, yb: torch.Tensor, soft: torch.Tensor
 def attach_teacher(cfg, out: Path, tensors: tuple, engine, run_info: dict, resumed: bool):
     """The teacher's soft labels of the run's training images (tensors[0]), its settings on the engine and its
     record in run.json; a resumed run refuses a teacher file that has changed since it started."""
-    sha = hashlib.sha256(Path(cfg.teacher).read_bytes()).hexdigest()
+    sha = file_sha256(cfg.teacher)
     before = out / "run.json"
     was = json.loads(before.read_text()).get("teacher", {}) if resumed and before.is_file() else {}
     if was.get("sha256") not in (None, sha):  # checked before the minutes of labelling
