@@ -6,7 +6,14 @@
 # holds the one shim needed). So every package, transitive ones included, is pinned in requirements/*.lock.
 # torch 2.13.0 is the CPU build (PyTorch's CPU index or a local wheel); the CUDA build pip would pick for
 # finn-plus alone makes a ~6 GB venv instead of ~1.6 GB.
+# --deps-only: the locked packages without bnnflow itself (docker/Dockerfile's dependency layer).
 set -euo pipefail
+DEPS_ONLY=0
+case "${1:-}" in
+  "") ;;
+  --deps-only) DEPS_ONLY=1 ;;
+  *) echo "setup.sh: unknown option '$1' (the only one is --deps-only)." >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")"
 VENV=${BNNFLOW_VENV:-.venv}
 PY=${PYTHON:-python3.11}
@@ -30,6 +37,11 @@ EXTRA=()
 [ -n "${BNNFLOW_TORCH_INDEX:-}" ] && EXTRA=(--extra-index-url "$BNNFLOW_TORCH_INDEX")
 "${PIP[@]}" install --no-deps "${EXTRA[@]}" -r requirements/runtime.lock -r requirements/test.lock \
   2> >(grep -v "is ignored: it is neither" >&2)
+if [ "$DEPS_ONLY" = 1 ]; then
+  "$VENV/bin/python" -c 'import finn, brevitas, qonnx'
+  echo "setup.sh: dependencies in $VENV ready in $(( $(date +%s) - start )) s."
+  exit 0
+fi
 "${PIP[@]}" install --no-deps --no-build-isolation -e . 2> >(grep -v "is ignored: it is neither" >&2)
 "$VENV/bin/python" -c 'import bnnflow.compat, finn, brevitas, qonnx' 
 echo "$want" > "$STAMP"

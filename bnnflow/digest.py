@@ -1,4 +1,4 @@
-"""sha256 of files: the one way bnnflow names weights, folding configs and package files."""
+"""sha256 of files and bytes: the one way bnnflow names weights, folding configs, package files and data."""
 
 from __future__ import annotations
 
@@ -14,3 +14,8 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def bytes_sha256(data) -> str:
+    """sha256 of a bytes-like object (e.g. a contiguous numpy array's buffer)."""
+    return hashlib.sha256(data).hexdigest()

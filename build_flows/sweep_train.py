@@ -18,10 +18,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from bnnflow.atomic import write_json, write_text
 from bnnflow.cores import usable_cores
+from bnnflow.models.runs_table import shown_value
 
 from .sweep import RESULT_FILE, cached_row, run_points
 from .sweep_cluster import ClusterSpec
@@ -145,13 +147,15 @@ def train_table(rows: list[dict]) -> str:
     """The markdown results table: one line per point, whatever its status."""
     lines = ["| Point | Epochs | Best epoch | Val top-1 | Test top-1 | Train time | Status |",
              "|---|---:|---:|---:|---:|---:|---|"]
-    points = [r.get("point") or {} for r in rows]
+    # every key with its value, defaults included (a point's stored identity leaves LATER_KEYS out at default)
+    points = [asdict(TrainPoint(**r["point"])) if r.get("point") else {} for r in rows]
     # name each point by the keys that tell the sweep's points apart
-    varying = [k for k in (points[0] if points else {}) if k not in ("model", "variant")
+    varying = [k for k in TrainPoint.__dataclass_fields__ if k not in ("model", "variant")
                and len({json.dumps(p.get(k)) for p in points}) > 1]
     for r, p in zip(rows, points):
-        label = f"{r['model']}/{r['variant']}" + (f" ({', '.join(f'{k} {p.get(k)}' for k in varying)})"
-                                                  if varying else "")
+        label = f"{r['model']}/{r['variant']}" + (
+            f" ({', '.join(f'{k} {shown_value(k, p.get(k))}' for k in varying)})"
+            if varying else "")
         done = r.get("status") == "done"
         epochs = f"{r.get('epochs_done')}/{r['epochs']}" if done else f"-/{r['epochs']}"
         status = ("cached" if r.get("cached") else "done") if done else \

@@ -53,7 +53,9 @@ class Engine:
     def twin(self):
         if self._twin is None:  # after any state_dict load: Brevitas rebuilds scale Parameters on load
             self._twin = fast.make_twin(self.net)
-            self._compiled = torch.compile(self._twin) if self.compile else self._twin
+            # static shapes (batches are whole): a shape seen twice never recompiles as dynamic, where
+            # inductor failed on the convolution backward of ReCU runs
+            self._compiled = torch.compile(self._twin, dynamic=False) if self.compile else self._twin
         return self._twin
 
     def forward(self, xb: torch.Tensor) -> torch.Tensor:

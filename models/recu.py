@@ -43,8 +43,11 @@ def tau_schedule(progress: float, start: float = TAU_START, end: float = TAU_END
     return a * math.exp(min(max(progress, 0.0), 1.0)) + start - a
 
 
-def laplace_quantile(tau: float, b: torch.Tensor) -> torch.Tensor:
-    """Q(tau) of Laplace(0, b) for tau >= 0.5."""
+def laplace_quantile(tau: float | torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Q(tau) of Laplace(0, b) for tau >= 0.5; a tensor tau (a buffer) stays in the graph: torch.compile
+    breaks its graph at a tensor -> float, and the broken graph failed to compile ReCU runs."""
+    if isinstance(tau, torch.Tensor):  # the log in double, as math.log takes it, then b's dtype
+        return -b * torch.log(2.0 - 2.0 * tau.double()).to(b.dtype)
     return -b * math.log(2.0 - 2.0 * tau)
 
 
@@ -66,7 +69,7 @@ class ReCU(nn.Module):
     def bounds(self, z: torch.Tensor) -> torch.Tensor:
         """Per-channel Q(tau) of standardised weights z (N x 1), treated as a constant as in the paper."""
         b = z.detach().flatten(1).abs().mean(dim=1, keepdim=True)
-        return laplace_quantile(float(self.tau), b)
+        return laplace_quantile(self.tau, b)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         z = standardize(w)

@@ -16,7 +16,8 @@ from bnnflow.errors import BnnflowError
 
 from .train_config import DEFAULT_LR, ENGINE_KEYS, FIXED_ON_RESUME, TrainConfig, check_config
 
-RUN_FILES = ("last.pt", "best.pt", "log.csv", "log.json", "curve.png", "run.json")
+TEACHER_LOGITS = "teacher_logits.pt"  # --teacher: its logits of the training images, read back on --resume
+RUN_FILES = ("last.pt", "best.pt", "log.csv", "log.json", "curve.png", "run.json", TEACHER_LOGITS)
 # seconds: the epoch's training steps; eval_seconds: its validation and test passes (logged since epoch 70 of
 # the long run), so what --test-eval saves can be read from the log
 LOG_COLUMNS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "test_loss", "test_top1", "lr", "tau",

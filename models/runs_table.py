@@ -32,15 +32,15 @@ def add_runs_parser(subparsers) -> argparse.ArgumentParser:
 def _recipe_text(config: dict) -> str:
     from .train import RECIPE_DEFAULTS
 
-    changed = [f"{k}={_shown(k, v)}" for k, v in config.items()
+    changed = [f"{k}={shown_value(k, v)}" for k, v in config.items()
                if k in RECIPE_DEFAULTS and k not in ("variant", "epochs") and v is not None
                and v != RECIPE_DEFAULTS[k] and not (k == "lr" and v in (2e-3, 0.1))]
     return ", ".join(changed) or "plain (Adam 2e-3, cosine, crop+flip)"
 
 
-def _shown(key: str, value):
+def shown_value(key: str, value):
     """A teacher checkpoint relative to this folder where it lies below it (sweeps store absolute paths)."""
-    if key == "teacher":
+    if key == "teacher" and value:
         path = Path(value)
         return path.relative_to(Path.cwd()) if path.is_absolute() and path.is_relative_to(Path.cwd()) else path
     return value

@@ -41,6 +41,33 @@ def test_loss_is_cross_entropy_at_weight_zero_and_kl_at_weight_one():
     assert float(distillation_loss(scaled, y, teacher, 1.0, 4.0)) > 0.01
 
 
+
+def test_teacher_logits_are_kept_and_read_back_only_for_the_same_teacher_and_images(tmp_path, monkeypatch):
+    from bnnflow.models import distill
+
+    calls = []
+
+    def fake_teacher(path, x):  # a deterministic "teacher", counted
+        calls.append(path)
+        return x.float().flatten(1)[:, :10] / 255.0 + len(calls)
+
+    monkeypatch.setattr(distill, "teacher_logits", fake_teacher)
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    keep = tmp_path / "run" / "teacher_logits.pt"
+    first, reused = distill.kept_teacher_logits("t.pt", "aa", x, keep)
+    assert not reused and keep.is_file() and len(calls) == 1
+    again, reused = distill.kept_teacher_logits("t.pt", "aa", x, keep)
+    assert reused and torch.equal(again, first) and len(calls) == 1
+    _, reused = distill.kept_teacher_logits("t.pt", "bb", x, keep)  # another teacher file
+    assert not reused and len(calls) == 2
+    y = x.clone()
+    y[0, 0, 0, 0] ^= 1  # one pixel of other images
+    _, reused = distill.kept_teacher_logits("t.pt", "bb", y, keep)
+    assert not reused and len(calls) == 3
+    keep.write_bytes(keep.read_bytes()[:100])  # a damaged cache is labelled again, not an error
+    _, reused = distill.kept_teacher_logits("t.pt", "bb", y, keep)
+    assert not reused and len(calls) == 4 and distill.kept_teacher_logits("t.pt", "bb", y, keep)[1]
+
 def test_run_with_the_committed_resnete_as_teacher(tmp_path, capsys):
     teacher = committed_checkpoint("resnete", "default")
     if teacher is None:
@@ -70,6 +97,8 @@ def test_run_with_the_committed_resnete_as_teacher(tmp_path, capsys):
     assert len(read_checkpoint(out / "last.pt")["train_state"]["history"]) == 2
     again = json.loads((out / "run.json").read_text())["teacher"]
     assert again["seconds_all_starts"] == pytest.approx(t["seconds_all_starts"] + again["seconds"], abs=0.11)
+    assert not t["logits_reused"] and again["logits_reused"]  # the resume read the kept logits back
+    assert again["train_top1"] == t["train_top1"] and again["logit_scale"] == t["logit_scale"]
 
 
 def read_bytes_of_other_checkpoint() -> bytes:

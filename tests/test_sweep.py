@@ -480,6 +480,17 @@ def test_a_later_recipe_key_keeps_older_points_hashes():
     assert train_key(plain).startswith("eba3dfc6a08d")
 
 
+def test_train_table_names_points_that_differ_only_in_a_later_key():
+    """The plain point's stored identity has no real_weights_epochs; its row still says 0 beside the 3."""
+    from bnnflow.build_flows.sweep_train import describe, train_table
+
+    points = _parse({"train": {"points": [{"model": "cnv", "epochs": 10},
+                                          {"model": "cnv", "epochs": 10, "real_weights_epochs": 3}]}})
+    rows = [{**describe(p), "status": "done", "epochs_done": 10} for p in points]
+    labels = [line.split(" | ")[0] for line in train_table(rows).splitlines()[2:]]
+    assert labels == ["| cnv/default (real_weights_epochs 0)", "| cnv/default (real_weights_epochs 3)"]
+
+
 def test_train_point_defaults_are_trains():
     from dataclasses import fields
 
