@@ -48,7 +48,7 @@ from bnnflow.cores import usable_cores
 from bnnflow.errors import BnnflowError
 
 # re-exported: callers import these from bnnflow.models.train
-from .run_folder import (LOG_COLUMNS, RUN_FILES, default_out, merge_resume, open_run,  # noqa: F401
+from .run_folder import (LOG_COLUMNS, RUN_FILES, TEACHER_LOGITS, default_out, merge_resume, open_run,  # noqa: F401
                          plan_run_folder, plot_curve, selected_row, selection_score, write_logs, write_run_json)
 from .train_config import (DEFAULT_LR, DEFAULT_PSI_LR, DEFAULT_VAL_SIZE, ENGINE_KEYS, ENGINES,  # noqa: F401
                            FIXED_ON_RESUME, MODELS, OPTIMIZERS, RECIPE_DEFAULTS, TrainConfig, add_train_parser,
@@ -348,9 +348,10 @@ def _announce(run: _Run, console) -> None:
                   f"{', bf16' if engine.bf16 else ''}{', compiled' if engine.compile else ''}), run folder {run.out}")
     if run.soft is not None:
         t = run.run_info["teacher"]
+        labels = (f"its labels read back from {TEACHER_LOGITS}" if t.get("logits_reused")
+                  else f"labelled in {t['seconds']:.0f} s")
         console.print(f"Distilling from {cfg.teacher} (top-1 {t['train_top1']:.1%} on these training images, "
-                      f"labelled in {t['seconds']:.0f} s), weight {cfg.teacher_weight}, temperature "
-                      f"{cfg.teacher_temperature}")
+                      f"{labels}), weight {cfg.teacher_weight}, temperature {cfg.teacher_temperature}")
 
 
 def _restore(cfg: TrainConfig, saved: dict, out: Path, net, logit_scale, device) -> list:

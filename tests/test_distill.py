@@ -94,6 +94,7 @@ def test_run_with_the_committed_resnete_as_teacher(tmp_path, capsys):
     assert (out / "last.pt").read_bytes() == before
     shutil.copy(teacher, mine)  # the same teacher again: the run goes on
     assert main(["train", "--resume", "--out", str(out), "--no-progress"]) == 0
+    assert "its labels read back from teacher_logits.pt" in " ".join(capsys.readouterr().out.split())
     assert len(read_checkpoint(out / "last.pt")["train_state"]["history"]) == 2
     again = json.loads((out / "run.json").read_text())["teacher"]
     assert again["seconds_all_starts"] == pytest.approx(t["seconds_all_starts"] + again["seconds"], abs=0.11)
