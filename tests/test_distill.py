@@ -41,7 +41,6 @@ def test_loss_is_cross_entropy_at_weight_zero_and_kl_at_weight_one():
     assert float(distillation_loss(scaled, y, teacher, 1.0, 4.0)) > 0.01
 
 
-
 def test_teacher_logits_are_kept_and_read_back_only_for_the_same_teacher_and_images(tmp_path, monkeypatch):
     from bnnflow.models import distill
 
@@ -67,6 +66,7 @@ def test_teacher_logits_are_kept_and_read_back_only_for_the_same_teacher_and_ima
     keep.write_bytes(keep.read_bytes()[:100])  # a damaged cache is labelled again, not an error
     _, reused = distill.kept_teacher_logits("t.pt", "bb", y, keep)
     assert not reused and len(calls) == 4 and distill.kept_teacher_logits("t.pt", "bb", y, keep)[1]
+
 
 def test_run_with_the_committed_resnete_as_teacher(tmp_path, capsys):
     teacher = committed_checkpoint("resnete", "default")

@@ -82,7 +82,6 @@ def test_dockerfile_copies_every_package_folder():
     assert package_dirs <= copies, f"add `COPY X/ X/` to docker/Dockerfile for {sorted(package_dirs - copies)}"
 
 
-
 def test_code_is_copied_after_the_dependency_stage():
     """Editing bnnflow's code must not invalidate the apt + pip layers (the `deps` stage)."""
     text = DOCKERFILE.read_text()

@@ -160,7 +160,6 @@ def test_real_weight_stage_trains_real_weights_and_evaluates_binary(images):
         assert torch.equal(eng.forward(x[:32]), binary_train)
 
 
-
 @pytest.mark.parametrize("recu", [False, True], ids=["plain", "recu"])
 def test_training_twin_compiles_as_one_graph(images, recu):
     """What `bnnflow train` compiles (the tests above run eager): dynamo traces the twin's training forward
@@ -175,6 +174,7 @@ def test_training_twin_compiles_as_one_graph(images, recu):
     torch._dynamo.reset()
     explained = torch._dynamo.explain(twin)(images[0][:8].contiguous(memory_format=torch.channels_last))
     assert explained.graph_break_count == 0, explained.break_reasons
+
 
 def test_unknown_brevitas_layer_is_refused():
     from brevitas.nn import QuantTanh
