@@ -47,13 +47,13 @@ def teacher_logits(path: str | Path, x_uint8: torch.Tensor, batch: int = 500) ->
     return logits
 
 
-def kept_teacher_logits(path: str | Path, sha256: str, x_uint8: torch.Tensor, keep: Path | None
+def kept_teacher_logits(path: str | Path, sha256: str, x_uint8: torch.Tensor, keep: Path
                         ) -> tuple[torch.Tensor, bool]:
     """(the teacher's logits on the images, whether they were read from `keep`): read back when `keep` holds
     this teacher's (by sha256) on these very images, else computed and written there atomically. A file that
     does not load or holds another key is recomputed: it is a cache, nothing of the user's."""
     key = {"teacher_sha256": sha256, "images_sha256": bytes_sha256(x_uint8.cpu().contiguous().numpy())}
-    if keep is not None and keep.is_file():
+    if keep.is_file():
         try:
             kept = torch.load(keep, map_location="cpu", weights_only=True)
             if kept.get("key") == key and kept["logits"].shape == (len(x_uint8), 10):
@@ -61,9 +61,8 @@ def kept_teacher_logits(path: str | Path, sha256: str, x_uint8: torch.Tensor, ke
         except Exception:  # damaged or from another version: label again
             pass
     logits = teacher_logits(path, x_uint8)
-    if keep is not None:
-        with atomic_path(keep) as tmp:
-            torch.save({"key": key, "logits": logits}, tmp)
+    with atomic_path(keep) as tmp:
+        torch.save({"key": key, "logits": logits}, tmp)
     return logits, False
 
 
@@ -82,12 +81,12 @@ def calibrated_scale(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float(log_s.detach().exp())
 
 
-def soft_targets(path: str | Path, x_uint8: torch.Tensor, y: torch.Tensor, temperature: float,
-                 sha256: str | None = None, keep: Path | None = None) -> tuple[torch.Tensor, dict]:
+def soft_targets(path: str | Path, sha256: str, x_uint8: torch.Tensor, y: torch.Tensor, temperature: float,
+                 keep: Path) -> tuple[torch.Tensor, dict]:
     """(the teacher's softened class probabilities for the images, what the run logs about the teacher);
     the logits come from `keep` where kept_teacher_logits finds them there."""
     t0 = time.time()
-    logits, reused = kept_teacher_logits(path, sha256 or file_sha256(path), x_uint8, keep)
+    logits, reused = kept_teacher_logits(path, sha256, x_uint8, keep)
     y = y.cpu()
     scale = calibrated_scale(logits, y)
     probs = F.softmax(logits * scale / temperature, dim=1)
@@ -114,8 +113,7 @@ def attach_teacher(cfg, out: Path, tensors: tuple, engine, run_info: dict, resum
     if was.get("sha256") not in (None, sha):  # checked before the minutes of labelling
         raise BnnflowError(f"The teacher {cfg.teacher} has changed since the run in {out} started (another "
                            "sha256): restore that file to resume, or start a new run.")
-    soft, info = soft_targets(cfg.teacher, tensors[0], tensors[1], cfg.teacher_temperature, sha,
-                              out / TEACHER_LOGITS)
+    soft, info = soft_targets(cfg.teacher, sha, tensors[0], tensors[1], cfg.teacher_temperature, out / TEACHER_LOGITS)
     info["sha256"] = sha
     # every start's labelling (or reading back): `bnnflow runs` counts all of it in the run's CPU-hours
     info["seconds_all_starts"] = round(was.get("seconds_all_starts", 0.0) + info["seconds"], 1)

@@ -43,12 +43,11 @@ def tau_schedule(progress: float, start: float = TAU_START, end: float = TAU_END
     return a * math.exp(min(max(progress, 0.0), 1.0)) + start - a
 
 
-def laplace_quantile(tau: float | torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Q(tau) of Laplace(0, b) for tau >= 0.5; a tensor tau (a buffer) stays in the graph: torch.compile
-    breaks its graph at a tensor -> float, and the broken graph failed to compile ReCU runs."""
-    if isinstance(tau, torch.Tensor):  # the log in double, as math.log takes it, then b's dtype
-        return -b * torch.log(2.0 - 2.0 * tau.double()).to(b.dtype)
-    return -b * math.log(2.0 - 2.0 * tau)
+def laplace_quantile(tau: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Q(tau) of Laplace(0, b) for tau >= 0.5. tau is a tensor (ReCU's buffer) so that it stays in the graph:
+    torch.compile breaks its graph at a tensor -> float, and the broken graph failed to compile ReCU runs.
+    The log is taken in double, as math.log took it before, then in b's dtype: the same values."""
+    return -b * torch.log(2.0 - 2.0 * tau.double()).to(b.dtype)
 
 
 def standardize(w: torch.Tensor) -> torch.Tensor:

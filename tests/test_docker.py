@@ -97,6 +97,7 @@ def test_setup_sh_refuses_an_unknown_option_in_one_sentence():
     assert r.returncode == 2 and r.stdout == ""
     assert one_sentence(r.stderr, prefix="setup.sh: ") and "--deps-only" in r.stderr
 
+
 def test_dry_run_composes_the_docker_command(tmp_path):
     xilinx = tmp_path / "Xilinx"
     (xilinx / "Vivado" / "2024.2").mkdir(parents=True)
@@ -245,8 +246,13 @@ def podman_cmd(storage: Path, runroot: Path) -> list:
     return ["podman", "--root", storage, "--runroot", runroot]
 
 
-def image_store() -> tuple[list, bool]:
-    """(the podman command on the test's image store, whether the store is kept between runs).
+def quietly(cmd: list, timeout: float = 300) -> int:
+    """A podman call whose output nobody reads (checks and clean-up): its exit code."""
+    return subprocess.run(list(map(str, cmd)), capture_output=True, timeout=timeout).returncode
+
+
+def image_store() -> tuple[list, Path, bool]:
+    """(the podman command on the test's image store, the store's folder, whether it is kept between runs).
 
     Kept in ~/.cache/bnnflow/podman: the base and the Dockerfile's `deps` stage (apt and the locked Python
     packages) stay there, so a run whose lock files and Dockerfile are unchanged rebuilds only the code layers,
@@ -255,18 +261,18 @@ def image_store() -> tuple[list, bool]:
     private store that is deleted afterwards."""
     if os.environ.get("BNNFLOW_IMAGE_CACHE", "1").strip().lower() in ("0", "false", "no"):
         private = Path(tempfile.mkdtemp(prefix="bnnflow-podman-"))  # podman wants a short runroot
-        return podman_cmd(private / "storage", private / "run"), False
+        return podman_cmd(private / "storage", private / "run"), private, False
     store = CACHE / "podman"
     # podman's database records the runroot: the kept store always gets the same (short) one
     podman = podman_cmd(store / "storage", Path(tempfile.gettempdir()) / f"bnnflow-podman-run-{os.getuid()}")
     born = store / "created"
     if born.is_file() and (time.time() - born.stat().st_mtime > IMAGE_CACHE_DAYS * 86400
-                           or subprocess.run([*map(str, podman), "images", "-q"], capture_output=True).returncode):
+                           or quietly([*podman, "images", "-q"])):
         shutil.rmtree(store, ignore_errors=True)  # too old, or a store podman cannot open: start again
     store.mkdir(parents=True, exist_ok=True)
     if not born.is_file():
         born.touch()
-    return podman, True
+    return podman, store, True
 
 
 def import_base(podman: list, tmp_path: Path, log: Path) -> None:
@@ -274,7 +280,7 @@ def import_base(podman: list, tmp_path: Path, log: Path) -> None:
     proxy stands between it and PyPI (as it does here); a user behind such a proxy would use a BASE_IMAGE
     that trusts it the same way. PATH as in debian:bookworm-slim. Imported once per store: a new import
     would be a new parent image, and every layer above it would be rebuilt."""
-    if subprocess.run([*map(str, podman), "image", "exists", BASE_TAG], capture_output=True).returncode == 0:
+    if quietly([*podman, "image", "exists", BASE_TAG]) == 0:
         return
     base = tmp_path / "base.tar"
     shutil.copyfile(debootstrap_tarball(tmp_path, log), base)
@@ -313,8 +319,7 @@ def test_image_builds_and_bnnflow_runs_in_it(tmp_path):
             cannot_build(f"{url} is unreachable: the image build downloads from PyPI and Debian")
 
     log = tmp_path / "build.log"
-    podman, kept = image_store()
-    storage = podman[2]
+    podman, store, kept = image_store()
     build = [*podman, "build", "--isolation", "chroot", "--layers", "-f", DOCKERFILE,
              "--build-arg", f"BASE_IMAGE={BASE_TAG}", "--build-arg", "BNNFLOW_TORCH_INDEX="]
     copied = None
@@ -336,12 +341,11 @@ def test_image_builds_and_bnnflow_runs_in_it(tmp_path):
     finally:
         elapsed = time.monotonic() - start
         if kept:
-            subprocess.run([*map(str, podman), "rmi", "-f", "localhost/bnnflow-test:selftest"], capture_output=True,
-                           timeout=300)
-            subprocess.run([*map(str, podman), "image", "prune", "-f"], capture_output=True, timeout=300)
+            quietly([*podman, "rmi", "-f", "localhost/bnnflow-test:selftest"])
+            quietly([*podman, "image", "prune", "-f"])
         else:
-            subprocess.run([*map(str, podman), "rmi", "-a", "-f"], capture_output=True, timeout=300)
-            shutil.rmtree(storage.parent, ignore_errors=True)  # the private store and its runroot
+            quietly([*podman, "rmi", "-a", "-f"])
+            shutil.rmtree(store, ignore_errors=True)  # the private store and its runroot
         cleanup = time.monotonic() - start - elapsed
         if copied is not None:
             copied.unlink(missing_ok=True)
@@ -352,5 +356,5 @@ def test_image_builds_and_bnnflow_runs_in_it(tmp_path):
     assert "deployment_package" in text  # `bnnflow steps` ran inside the image, as a uid the image does not know
     assert "Models (width/depth variants)" in text  # `bnnflow models`
     assert "Design fits the pynq-z2" in text  # `bnnflow estimate cnv --variant tiny`, FINN included
-    layers = "dependency layers built" if deps_from_scratch else f"dependency layers kept in {storage.parent}"
+    layers = "dependency layers built" if deps_from_scratch else f"dependency layers kept in {store}"
     print(f"image built and checked in {elapsed:.0f} s ({layers}; +{cleanup:.0f} s to clean up)")
