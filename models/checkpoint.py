@@ -13,6 +13,7 @@ from bnnflow.digest import file_sha256  # noqa: F401  (re-exported: callers name
 from bnnflow.errors import BnnflowError
 from bnnflow.model_ref import USER_KEY
 
+from .packing import is_packed, load_packed, save_packed
 from .zoo import build_model
 
 FORMAT = "bnnflow-checkpoint-1"
@@ -32,12 +33,16 @@ def recorded_top1(path: str | Path) -> float | None:
 
 
 def save_checkpoint(path: str | Path, net: nn.Module, model: str, variant: str, meta: dict | None = None,
-                    extra: dict | None = None) -> Path:
-    """Write atomically; `extra` (e.g. optimizer state for --resume) is stored beside the weights."""
+                    extra: dict | None = None, packed: bool = False) -> Path:
+    """Write atomically; `extra` (e.g. optimizer state for --resume) is stored beside the weights.
+    `packed`: the lossless compact format of packing.py (last.pt) instead of a plain torch.save file."""
     payload = {"format": FORMAT, "model": model, "variant": variant,
                "state_dict": net.state_dict(), "meta": meta or {}}
     if extra:
         payload.update(extra)
+    if packed:
+        save_packed(payload, path)
+        return Path(path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
@@ -48,8 +53,8 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise BnnflowError(f"Checkpoint {path} does not exist: pass the .pt file written by 'bnnflow train'.")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a damaged file
+        payload = load_packed(path) if is_packed(path) else torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch and zlib raise many types for a damaged file
         raise BnnflowError(f"Checkpoint {path} is corrupt or not a PyTorch file ({type(exc).__name__}): "
                            "re-create it with 'bnnflow train'.") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

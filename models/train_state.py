@@ -3,7 +3,8 @@ run bit for bit, and best.pt, the selected epoch's weights for 'bnnflow build --
 
 last.pt: raw weights (parametrized, latent), optimizer states, the schedule position, every RNG
 state, the history, and the quantisers' statistics-collection counters.  best.pt: baked weights,
-batch-norm statistics and quantiser scales only, plus a manifest.
+batch-norm statistics and quantiser scales only, plus a manifest.  last.pt is committed every working
+session, so it is written packed (packing.py, lossless): read it with checkpoint.read_checkpoint.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def save_last(out: Path, net, cfg: TrainConfig, data_info: dict, history: list[d
              "logit_scale": logit_scale.detach().cpu(), "rng": rng_state(),
              "schedule": {"kind": "cosine", "step": epoch * steps_per_epoch, "total_steps": total_steps}}
     save_checkpoint(out / "last.pt", cpu_copy(net, baked=False), cfg.model, cfg.variant,
-                    meta={"epoch": epoch, "epochs": cfg.epochs}, extra={"train_state": state, **user_payload(cfg)})
+                    meta={"epoch": epoch, "epochs": cfg.epochs}, extra={"train_state": state, **user_payload(cfg)},
+                    packed=True)
 
 
 def user_payload(cfg: TrainConfig) -> dict:

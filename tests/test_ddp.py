@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bnnflow.cli import main
+from bnnflow.models.checkpoint import read_checkpoint
 
 # a few steps of the tiny CNV (4 steps of a global batch of 32); SGD, because Adam's first steps move
 # every weight by +-lr whatever the gradient's size, so a float-rounding difference in a near-zero
@@ -21,7 +22,7 @@ RUN = ["train", "cnv", "--variant", "tiny", "--subset", "64", "--val-size", "64"
 
 
 def _state(run) -> dict:
-    ckpt = torch.load(run / "last.pt", weights_only=False)
+    ckpt = read_checkpoint(run / "last.pt")
     return {**ckpt["state_dict"], "logit_scale": ckpt["train_state"]["logit_scale"]}, ckpt["train_state"]["history"]
 
 
