@@ -25,7 +25,7 @@ import numpy as np
 CACHE_ENV = "BNNFLOW_KERNEL_CACHE"  # folder for the compiled kernel (default: the temp folder)
 DISABLE_ENV = "BNNFLOW_NO_FIFO_KERNEL"  # set to 1 to force the numpy loop
 COMPILE_TIMEOUT_S = 120
-STATUS_FINISHED, STATUS_DEADLOCK, STATUS_TOO_LONG = 0, 1, 2
+STATUS_FINISHED, STATUS_DEADLOCK, STATUS_TOO_LONG, STATUS_STOPPED = 0, 1, 2, 3
 WRITE_SHIFT = 16  # write-port bits start here in a step's I/O mask
 MAX_PORTS = 16  # input or output ports per node the mask holds
 
@@ -38,6 +38,7 @@ FIELDS = (  # the C struct Sim, in order: (name, pointer?)
     ("occ", 1), ("depth", 1), ("peak", 1), ("source", 0), ("unbounded", 0), ("out_edge", 0), ("out_tokens", 0),
     ("frames", 0), ("frame_done", 1), ("n_done", 0), ("cycle", 0), ("max_cycles", 0),
     ("ok", 1), ("cr", 1), ("cw", 1), ("ph", 1), ("mio", 1), ("blk", 1), ("blk_occ", 1),
+    ("track", 0), ("waits", 1), ("reads", 1), ("n_stop", 0), ("stop_e", 1), ("stop_n", 1),
 )
 _TYPES = {"io": "u32", "mio": "u32", "ok": "u8", "cr": "u8", "cw": "u8"}
 
@@ -134,7 +135,34 @@ static void apply(Sim *s)
     }
 }
 
-int run(Sim *s)  /* 0: every frame done, 1: deadlock, 2: past max_cycles */
+static int reached(Sim *s)  /* count this cycle's reads: has every stop edge had its reads? */
+{
+    for (i64 i = 0; i < s->n_seq; i++)
+        for (i64 k = 0; s->ok[i] && s->mio[i] && k < s->n_in; k++)
+            if ((s->mio[i] >> k) & 1u) s->reads[s->ein[k * s->n_seq + i]]++;
+    for (i64 j = 0; j < s->n_stop; j++)
+        if (s->reads[s->stop_e[j]] < s->stop_n[j]) return 0;
+    return 1;
+}
+
+static void count_waits(Sim *s)  /* +1 per input a live process waits on empty while another holds data */
+{
+    for (i64 i = 0; i < s->n_seq; i++) {
+        if (s->pc[i] >= s->total[i]) continue;
+        u32 m = s->io[s->base[i] + s->ph[i]];  /* not mio: a process still stalled kept its old one */
+        int holding = 0;
+        for (i64 k = 0; k < s->n_in; k++) {
+            i64 e = s->ein[k * s->n_seq + i];
+            holding += e != s->source && s->occ[e] > 0;  /* unused ports read the source */
+        }
+        for (i64 k = 0; holding && k < s->n_in; k++) {
+            i64 e = s->ein[k * s->n_seq + i];
+            if ((m >> k) & 1u && e != s->source && s->occ[e] <= 0) s->waits[e]++;
+        }
+    }
+}
+
+int run(Sim *s)  /* 0: every frame done, 1: deadlock, 2: past max_cycles, 3: stop edges read enough */
 {
     for (i64 i = 0; i < s->n_seq; i++) { s->ph[i] = s->pc[i] % s->steps[i]; s->blk[i] = -1; }
     for (;;) {
@@ -146,6 +174,8 @@ int run(Sim *s)  /* 0: every frame done, 1: deadlock, 2: past max_cycles */
             idle_jump(s);
             continue;
         }
+        if (s->n_stop && reached(s)) return 3;
+        if (s->track) count_waits(s);
         apply(s);
         s->occ[s->source] = s->unbounded;
         s->cycle++;
@@ -228,9 +258,11 @@ def _io_masks(seq) -> np.ndarray:
 
 
 def run_kernel(lib: ctypes.CDLL, seq, swg, streams, out_edge: int, out_tokens: int, frames: int,
-               max_cycles: int) -> tuple[int, int, list[int]]:
+               max_cycles: int, track_waits: bool = False,
+               stop_after_reads: dict[int, int] | None = None) -> tuple[int, int, list[int]]:
     """Run StreamSim's state (seq: SequentialProcs, swg: WindowGenerators, streams: Streams) to the
-    end or a deadlock, in place: (status, cycle, frame_done)."""
+    end, a deadlock, or (stop_after_reads) once each listed edge had that many reads, in place:
+    (status, cycle, frame_done); track_waits counts streams.waits as StreamSim does."""
     n_seq = len(seq.steps)
     keep = []  # the arrays ctypes points into must outlive the call
 
@@ -243,7 +275,8 @@ def run_kernel(lib: ctypes.CDLL, seq, swg, streams, out_edge: int, out_tokens: i
     io = seq.static["io"]
     pc, rc, wc = arr(seq.pc), arr(swg.rc), arr(swg.wc)
     need_now, oldest_now = arr(swg.need_now), arr(swg.oldest_now)
-    occ, peak = arr(streams.occ), arr(streams.peak)
+    occ, peak, waits, reads = arr(streams.occ), arr(streams.peak), arr(streams.waits), arr(streams.reads)
+    stop = stop_after_reads or {}
     frame_done = arr(np.zeros(frames))
     n = max(n_seq, 1)
     values = dict(
@@ -257,10 +290,11 @@ def run_kernel(lib: ctypes.CDLL, seq, swg, streams, out_edge: int, out_tokens: i
         out_tokens=out_tokens, frames=frames, frame_done=frame_done, n_done=0, cycle=0, max_cycles=max_cycles,
         ok=arr(np.zeros(n), np.uint8), cr=arr(np.zeros(max(swg.count, 1)), np.uint8),
         cw=arr(np.zeros(max(swg.count, 1)), np.uint8), ph=arr(np.zeros(n)), mio=arr(np.zeros(n), np.uint32),
-        blk=arr(np.zeros(n)), blk_occ=arr(np.zeros(n)))
+        blk=arr(np.zeros(n)), blk_occ=arr(np.zeros(n)), track=int(track_waits), waits=waits, reads=reads,
+        n_stop=len(stop), stop_e=arr(list(stop.keys()) or [0]), stop_n=arr(list(stop.values()) or [0]))
     sim = _Sim(**{k: (v.ctypes.data if isinstance(v, np.ndarray) else int(v)) for k, v in values.items()})
     status = lib.run(ctypes.byref(sim))
     seq.pc[:], swg.rc[:], swg.wc[:] = pc, rc, wc
     swg.need_now[:], swg.oldest_now[:] = need_now, oldest_now
-    streams.occ[:], streams.peak[:] = occ, peak
+    streams.occ[:], streams.peak[:], streams.waits[:], streams.reads[:] = occ, peak, waits, reads
     return int(status), int(sim.cycle), [int(x) for x in frame_done[: int(sim.n_done)]]

@@ -7,8 +7,8 @@ cycles: SequentialProcs (every node with one control flow: MVAU, thresholding, f
 converters, ...) and WindowGenerators (sliding-window generators, which read and write in the
 same cycle). The accelerator's input and output are streams that never run dry or block.
 Stretches where every process that can move only has steps without I/O are skipped at once.
-A plain run (no wait counting, no early stop) goes through the same rules compiled to C
-(fifo_kernel), 20-100x faster; the numpy loop stays as the fallback and the cross-check.
+Every run goes through the same rules compiled to C (fifo_kernel) when a C compiler is there,
+20-100x faster; the numpy loop stays as the fallback and the cross-check.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from bnnflow.errors import BnnflowError
 
 from .fifo_graph import DEFAULT_DEPTH, Proc, StreamGraph
-from .fifo_kernel import STATUS_DEADLOCK, STATUS_TOO_LONG, kernel, run_kernel, supports
+from .fifo_kernel import STATUS_DEADLOCK, STATUS_STOPPED, STATUS_TOO_LONG, kernel, run_kernel, supports
 
 UNBOUNDED = 1 << 40  # depth of an unbounded FIFO, and the occupancy of the never-empty input
 FRAMES = 2  # the first gives the latency, the last two the steady-state interval
@@ -279,15 +279,14 @@ class StreamSim:
         self.out_tokens = g.edges[g.out_edge].tokens
         self.max_cycles = max_cycles if max_cycles is not None else \
             frames * (sum(g.exp_cycles.values()) + sum(e.tokens for e in g.edges)) + SPARE_CYCLES
-        self.stop_after_reads = stop_after_reads
+        self.stop_after_reads = stop_after_reads or None  # no edges: no early stop
         self.stop_edges = np.array(list((stop_after_reads or {}).keys()), dtype=np.int64)
         self.stop_counts = np.array(list((stop_after_reads or {}).values()), dtype=np.int64)
         self.cycle = 0
         self.frame_done: list[int] = []
 
     def run(self) -> SimResult:
-        plain = not self.track_waits and self.stop_after_reads is None and supports(self.seq)
-        lib = kernel() if plain else None
+        lib = kernel() if supports(self.seq) else None
         if lib is not None:
             return self._run_compiled(lib)
         occ = self.streams.occ
@@ -314,9 +313,12 @@ class StreamSim:
     def _run_compiled(self, lib) -> SimResult:
         """The same cycle rules in C (fifo_kernel): identical frames, peaks and deadlock cycle."""
         status, self.cycle, self.frame_done = run_kernel(lib, self.seq, self.swg, self.streams, self.g.out_edge,
-                                                         self.out_tokens, self.frames, self.max_cycles)
+                                                         self.out_tokens, self.frames, self.max_cycles,
+                                                         self.track_waits, self.stop_after_reads)
         if status == STATUS_TOO_LONG:
             self._too_long()
+        if status == STATUS_STOPPED:
+            return self._partial(False, waits=self.streams.waits[: self.streams.n_edges])
         if status == STATUS_DEADLOCK:
             return self._deadlock(self.seq.moves(self.streams.occ))
         return self._finished()

@@ -268,20 +268,32 @@ def test_each_fifo_is_minimal(model, folded):
 
 
 def test_compiled_loop_matches_numpy(folded, monkeypatch):
-    """fifo_kernel (C) against fifo_sim's numpy loop: identical frames, peaks, deadlock cycle."""
+    """fifo_kernel (C) against fifo_sim's numpy loop: identical frames, peaks, deadlock cycle, and
+    the waits and early stop that pick each join's short branch."""
     from bnnflow.build_flows import fifo_kernel, fifos
 
     if fifo_kernel.kernel() is None:
         pytest.skip("no C compiler: the numpy loop is the only one")
     g, built, _ = _sized_graph(folded("resnete"))
-    for depths in (built, {e: 2 for e in built}, {e: None for e in built}):
-        fast = fifos.simulate(g, depths)
+    joins = g.join_edges()
+    probe = {e: max(1, g.edges[e].tokens // fifos.SIDES_PROBE_FRACTION) for e in joins}
+    runs = [(depths, {}) for depths in (built, {e: 2 for e in built}, {e: None for e in built})]
+    runs += [({e: None for e in joins}, dict(frames=1, track_waits=True, stop_after_reads=probe)),
+             ({e: None for e in joins}, dict(frames=1, track_waits=True)), (built, dict(track_waits=True))]
+    for depths, kw in runs:
+        fast = fifos.simulate(g, depths, **kw)
         monkeypatch.setenv(fifo_kernel.DISABLE_ENV, "1")
-        slow = fifos.simulate(g, depths)
+        slow = fifos.simulate(g, depths, **kw)
         monkeypatch.delenv(fifo_kernel.DISABLE_ENV)
         assert (fast.deadlock, fast.cycles, fast.frame_done) == (slow.deadlock, slow.cycles, slow.frame_done)
         assert fast.max_occupancy.tolist() == slow.max_occupancy.tolist()
         assert sorted(fast.full_edges) == sorted(slow.full_edges)
+        assert (fast.waits is None) == (slow.waits is None)
+        if fast.waits is not None:
+            assert fast.waits.tolist() == slow.waits.tolist()
+        if kw.get("track_waits"):
+            assert fast.waits.any(), kw  # the probe saw joins wait
+    assert len(joins) >= 4 and sum(fifos.join_sides(g).values()) == len(joins) // 2
 
 
 def test_modelled_cycles_hook(folded):
