@@ -80,8 +80,9 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         val = f"{100 * r['val_top1']:.2f} %" if r["val_top1"] is not None else "(no split)"
-        lines.append(f"| {r['run']} | {r['model']} | {r['recipe']} | {r['engine']} | {r['epochs']} | "
-                     f"{r['cpu_hours']:.{2 if r['cpu_hours'] < 1 else 1}f} | {r['best_epoch']} | {val} | {100 * r['test_top1']:.2f} % |")
+        hours = f"{r['cpu_hours']:.{2 if r['cpu_hours'] < 1 else 1}f}"
+        lines.append(f"| {r['run']} | {r['model']} | {r['recipe']} | {r['engine']} | {r['epochs']} | {hours} | "
+                     f"{r['best_epoch']} | {val} | {100 * r['test_top1']:.2f} % |")
     return "\n".join(lines)
 
 
@@ -92,7 +93,8 @@ def cmd_runs(args) -> int:
 
     folders = args.folders or sorted(p for p in Path().glob(DEFAULT_GLOB) if p.is_dir())
     if not folders:
-        raise BnnflowError(f"No run folders given and none under {DEFAULT_GLOB}: pass the folders of 'bnnflow train' runs.")
+        raise BnnflowError(f"No run folders given and none under {DEFAULT_GLOB}: "
+                           "pass the folders of 'bnnflow train' runs.")
     text = table([run_row(Path(f)) for f in folders])
     Console(highlight=False, soft_wrap=True).print(text, markup=False)
     if args.out:

@@ -16,10 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bnnflow.cli import main
-from bnnflow.errors import BnnflowError
 from bnnflow.models import psi, recu
 from bnnflow.models.checkpoint import load_checkpoint, read_checkpoint
-from bnnflow.models.train import TrainConfig, evaluate_tensors, make_optimizers, prepare_model, train
+from bnnflow.models.train import TrainConfig, evaluate_tensors, make_optimizers, prepare_model
 
 from conftest import one_sentence
 
