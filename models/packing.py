@@ -25,6 +25,11 @@ _MIN_NUMEL = 256
 _LEVEL = 6
 
 
+def _same_kind(seq, items: list):
+    """A list, tuple or named tuple like `seq` holding `items`."""
+    return type(seq)(*items) if hasattr(seq, "_fields") else type(seq)(items)
+
+
 def _pack(obj):
     if torch.is_tensor(obj) and obj.is_floating_point() and obj.numel() >= _MIN_NUMEL:
         t = obj.detach().cpu()
@@ -36,7 +41,7 @@ def _pack(obj):
     if isinstance(obj, dict):
         return {k: _pack(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_pack(v) for v in obj)
+        return _same_kind(obj, [_pack(v) for v in obj])
     return obj
 
 
@@ -48,7 +53,7 @@ def _unpack(obj):
     if isinstance(obj, dict):
         return {k: _unpack(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_unpack(v) for v in obj)
+        return _same_kind(obj, [_unpack(v) for v in obj])
     return obj
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -65,6 +67,11 @@ def test_wrong_shapes(tmp_path):
 _FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
+class _Pair(NamedTuple):
+    tensor: torch.Tensor
+    count: int
+
+
 def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().reshape(-1).view(torch.uint8)
 
@@ -77,13 +84,15 @@ def test_packed_tensors_read_back_bit_for_bit(tmp_path_factory, dtype, shape, se
     t = (torch.randn(shape, generator=g, dtype=torch.float64) * 10 ** torch.randint(-6, 6, shape, generator=g)).to(dtype)
     if specials and t.numel():
         t.view(-1)[:4] = torch.tensor([float("nan"), float("inf"), -0.0, -float("inf")], dtype=dtype)[:t.numel()]
-    obj = {"w": t, "nested": [t.clone(), (1, "x", None)], "ints": torch.arange(300), "step": 7}
+    obj = {"w": t, "nested": [t.clone(), (1, "x", None)], "ints": torch.arange(300), "step": 7,
+           "named": _Pair(t, 3)}
     path = tmp_path_factory.mktemp("p") / "last.pt"
     save_packed(obj, path)
     back = load_packed(path)
     for a, b in ((t, back["w"]), (t, back["nested"][0]), (obj["ints"], back["ints"])):
         assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(_bits(a), _bits(b))
     assert back["nested"][1] == (1, "x", None) and back["step"] == 7
+    assert isinstance(back["named"], _Pair) and torch.equal(_bits(back["named"].tensor), _bits(t))
 
 
 def test_packed_keeps_channels_last(tmp_path):
