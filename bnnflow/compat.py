@@ -11,7 +11,7 @@
     range although their thresholds live in the popcount range [0, MW]
     (see `fix_xnor_accumulators`);
   - psutil is used but not declared (requirements/runtime.lock pins it);
-  - cppsim without Vitis HLS (build_flows/cppsim.py): `compile_singlenode_code` links four
+  - cppsim without Vitis HLS (build_flows/cppsim.py, hls_sources.py): `compile_singlenode_code` links four
     Vitis csim libraries unconditionally although no integer layer uses them
     (`write_cppsim_stub_libs`); it writes `-I$FINN_CUSTOM_HLS` unquoted into compile.sh, which
     swallows the next -I when the variable is unset (`finn_custom_hls_env`); it hard-codes

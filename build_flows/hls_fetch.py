@@ -1,6 +1,6 @@
 """The third source of cppsim's third-party C++: GitHub, at the commits finn-plus pins (issue 11).
 
-cppsim.find_sources looks in this order: a real Vitis HLS (`XILINX_HLS`), then `BNNFLOW_HLS_DEPS` or
+hls_sources.find_sources looks in this order: a real Vitis HLS (`XILINX_HLS`), then `BNNFLOW_HLS_DEPS` or
 ../shared/vendor (and finn-hlslib in FINN's own FINN_DEPS), then here: finn-hlslib at the commit in
 finn-plus's `finn/interface/external_dependencies.yaml`, and the open-source ap_int headers
 (Xilinx/HLS_arbitrary_Precision_Types, which finn-plus does not pin: bnnflow pins the commit

@@ -29,13 +29,13 @@ def run_cppsim_stage(out_dir: Path, child, x: np.ndarray, console: Console) -> t
     what, every tensor compared with the functional model; every RTL node also in Verilator, one node at a
     time on the same images (verilator_sim; one sentence without Verilator). (None, {"skipped": sentence})
     when the cppsim sources or the compiler are missing."""
-    from . import cppsim, sim_ccache
+    from . import cppsim, hls_sources, sim_ccache
     from .functional import execute_graph
 
-    why = cppsim.unavailable()
+    why = hls_sources.unavailable()
     if why is not None:
         return None, {"skipped": why}
-    sources = cppsim.find_sources()
+    sources = hls_sources.find_sources()
     n = len(x)
     with console.status("Compiling every HLS layer for cppsim (FINN's PrepareCppSim + CompileCppSim)..."):
         try:
@@ -73,7 +73,7 @@ def run_cppsim_stage(out_dir: Path, child, x: np.ndarray, console: Console) -> t
     info = {
         "images": n,
         "sources": sources.describe(),
-        "stand_ins": cppsim.stand_ins(sources),
+        "stand_ins": hls_sources.stand_ins(sources),
         "compile_seconds": prepared.seconds,
         "binaries_reused": prepared.reused,
         "ccache": prepared.ccache,

@@ -21,7 +21,7 @@ import pytest
 from rich.console import Console
 
 from bnnflow import compat
-from bnnflow.build_flows import cppsim, hls_fetch, sim_ccache, verilator_sim
+from bnnflow.build_flows import cppsim, hls_fetch, hls_sources, sim_ccache, verilator_build
 from bnnflow.build_flows.build import BREVITAS_FILE
 from bnnflow.build_flows.verify import CPPSIM_STAGE, folded_model_and_input, print_verify, verify_build
 from bnnflow.images import nchw_float
@@ -30,11 +30,11 @@ from bnnflow.models.checkpoint import load_checkpoint
 from conftest import copy_build, one_sentence
 
 
-def sources_or_skip() -> cppsim.Sources:
-    why = cppsim.unavailable()
+def sources_or_skip() -> hls_sources.Sources:
+    why = hls_sources.unavailable()
     if why is not None:
         pytest.skip(why)
-    return cppsim.find_sources()
+    return hls_sources.find_sources()
 
 
 def gxx(args: list[str], cwd: Path) -> None:
@@ -112,7 +112,7 @@ int main() {
 
 def test_shims_and_compat_headers(tmp_path):
     sources = sources_or_skip()
-    xhls, deps = cppsim.layout(sources, tmp_path / "env")
+    xhls, deps = hls_sources.layout(sources, tmp_path / "env")
     (tmp_path / "t.cpp").write_text(SHIM_PROGRAM)
     gxx(["-std=c++17", "-O1", f"-I{xhls}/include", f"-I{deps}/finn-hlslib", "t.cpp", "-o", "t"], tmp_path)
     r = subprocess.run(["./t"], cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "HLS_SHIM_STRICT": ""})
@@ -152,11 +152,11 @@ def test_shim_warnings_are_collected_from_finns_log():
 
 def test_add_sign_flag_inserts_one_member():
     text = "template <int _AP_W, bool _AP_S>\nstruct ap_int_base : public _AP_ROOT_TYPE<_AP_W, _AP_S> {\n public:\n  int x;\n"
-    patched = cppsim.add_sign_flag(text, "ap_int_base")
+    patched = hls_sources.add_sign_flag(text, "ap_int_base")
     assert patched.count("sign_flag") == 1 and patched.replace(
         "\n  static const bool sign_flag = _AP_S;  // added by bnnflow (Vitis has it)", "") == text
     with pytest.raises(ValueError):
-        cppsim.add_sign_flag(text, "ap_fixed_base")
+        hls_sources.add_sign_flag(text, "ap_fixed_base")
 
 
 def test_layout_uses_compat_only_where_finn_hlslib_lacks_it(tmp_path):
@@ -176,19 +176,19 @@ def test_layout_uses_compat_only_where_finn_hlslib_lacks_it(tmp_path):
         (lib / "flatten.hpp").write_text(flatten)
         (lib / "pool.hpp").write_text(pool)
     for lib, compat_used in ((old, True), (new, False)):
-        src = cppsim.Sources(hlslib=lib, ap_include=ap)
-        xhls, deps = cppsim.layout(src, tmp_path / f"env_{lib.name}")
+        src = hls_sources.Sources(hlslib=lib, ap_include=ap)
+        xhls, deps = hls_sources.layout(src, tmp_path / f"env_{lib.name}")
         inc, h = xhls / "include", deps / "finn-hlslib"
-        assert (inc / "ap_int.h").resolve() == cppsim.SHIMS / "ap_int.h" and (inc / "ap_oss").resolve() == ap
+        assert (inc / "ap_int.h").resolve() == hls_sources.SHIMS / "ap_int.h" and (inc / "ap_oss").resolve() == ap
         assert (inc / "ap_common.h").resolve() == ap / "ap_common.h"
         assert "sign_flag = _AP_S" in (inc / "ap_int_base.h").read_text()
         assert "sign_flag = _AP_S" in (inc / "ap_fixed_base.h").read_text()
-        assert {p.name for p in cppsim.SHIMS.glob("*.h")} <= {p.name for p in inc.iterdir()}
+        assert {p.name for p in hls_sources.SHIMS.glob("*.h")} <= {p.name for p in inc.iterdir()}
         assert all((xhls / rel).read_bytes() == compat.EMPTY_ARCHIVE for rel in compat.CPPSIM_STUB_LIBS)
-        assert ((h / "pool.hpp").resolve() == cppsim.HLSLIB_COMPAT / "pool.hpp") == compat_used
-        assert ((h / "flatten.hpp").resolve() == cppsim.HLSLIB_COMPAT / "flatten.hpp") == compat_used
+        assert ((h / "pool.hpp").resolve() == hls_sources.HLSLIB_COMPAT / "pool.hpp") == compat_used
+        assert ((h / "flatten.hpp").resolve() == hls_sources.HLSLIB_COMPAT / "flatten.hpp") == compat_used
         assert (h / "flatten_upstream.hpp").exists() == compat_used
-        assert any("re-implemented" in s for s in cppsim.stand_ins(src)) == compat_used
+        assert any("re-implemented" in s for s in hls_sources.stand_ins(src)) == compat_used
 
 
 def test_a_real_vitis_install_is_used_as_it_is(monkeypatch, tmp_path):
@@ -201,13 +201,13 @@ def test_a_real_vitis_install_is_used_as_it_is(monkeypatch, tmp_path):
     lib.mkdir(parents=True)
     (lib / "bnn-library.h").write_text("")
     monkeypatch.setenv("XILINX_HLS", str(vitis))
-    monkeypatch.setenv(cppsim.ENV_DEPS, str(tmp_path / "vendor"))
-    src = cppsim.find_sources()
-    assert isinstance(src, cppsim.Sources) and src.vitis == vitis and src.ap_include is None
-    xhls, deps = cppsim.layout(src, tmp_path / "env")
+    monkeypatch.setenv(hls_sources.ENV_DEPS, str(tmp_path / "vendor"))
+    src = hls_sources.find_sources()
+    assert isinstance(src, hls_sources.Sources) and src.vitis == vitis and src.ap_include is None
+    xhls, deps = hls_sources.layout(src, tmp_path / "env")
     assert xhls == vitis and not (tmp_path / "env" / "xilinx_hls").exists()
     assert (deps / "finn-hlslib" / "bnn-library.h").resolve() == lib / "bnn-library.h"
-    assert not any(s.endswith(".h") for s in cppsim.stand_ins(src))  # Vitis's own headers, none of ours
+    assert not any(s.endswith(".h") for s in hls_sources.stand_ins(src))  # Vitis's own headers, none of ours
 
 
 # ------------------------------------------------------------------ compat work-arounds (finn-plus 1.6.1)
@@ -332,9 +332,9 @@ def test_sim_flag_errors(capsys, argv, needle):
 
 
 def hide_sources(monkeypatch, tmp_path):
-    monkeypatch.setenv(cppsim.ENV_DEPS, str(tmp_path / "empty"))
+    monkeypatch.setenv(hls_sources.ENV_DEPS, str(tmp_path / "empty"))
     monkeypatch.delenv("XILINX_HLS", raising=False)
-    monkeypatch.setattr(cppsim, "_finn_hlslib", lambda: None)
+    monkeypatch.setattr(hls_sources, "_finn_hlslib", lambda: None)
     unreachable(monkeypatch, tmp_path)
 
 
@@ -377,22 +377,22 @@ def test_sources_lookup_order_and_fetch_at_the_pinned_commit(monkeypatch, tmp_pa
     monkeypatch.setattr(hls_fetch, "pins", lambda: {**real, hls_fetch.FINN_HLSLIB: hls_fetch.Pin(
         hls_fetch.FINN_HLSLIB, "https://github.invalid/finn-hlslib.git", pinned)})
     # unreachable: one sentence naming what and where
-    why = cppsim.unavailable()
+    why = hls_sources.unavailable()
     assert "finn-hlslib could not be fetched from" in why and "no-such-repo" in why
     one_sentence(Exception(why))
     # reachable: checked out at the pinned commit, not the newest, without its .git
     monkeypatch.setenv("BNNFLOW_HLSLIB_URL", str(tmp_path / "hlslib.git"))
-    src = cppsim.find_sources()
-    assert isinstance(src, cppsim.Sources), src
+    src = hls_sources.find_sources()
+    assert isinstance(src, hls_sources.Sources), src
     assert src.hlslib == tmp_path / "hls-cache" / f"finn-hlslib-{pinned[:12]}" and src.extra == []
     assert (src.hlslib / "bnn-library.h").read_text() == "pinned" and not (src.hlslib / ".git").exists()
     assert "fetched at the pinned commit: finn-hlslib" in src.describe()
     shutil.rmtree(tmp_path / "hlslib.git")  # fetched once: no second fetch
-    assert cppsim.find_sources().hlslib == src.hlslib
+    assert hls_sources.find_sources().hlslib == src.hlslib
     # a finn-hlslib in the vendor folder comes first: nothing fetched
     (vendor / "finn-hlslib").mkdir()
     (vendor / "finn-hlslib" / "bnn-library.h").write_text("vendor")
-    assert cppsim.find_sources().hlslib == vendor / "finn-hlslib"
+    assert hls_sources.find_sources().hlslib == vendor / "finn-hlslib"
     # a Vitis install comes first for the headers: only finn-hlslib is looked for, ap_int never fetched
     shutil.rmtree(vendor)
     vitis = tmp_path / "Vitis_HLS" / "include"
@@ -400,25 +400,25 @@ def test_sources_lookup_order_and_fetch_at_the_pinned_commit(monkeypatch, tmp_pa
     for name in ("ap_int.h", "hls_stream.h"):
         (vitis / name).write_text("")
     monkeypatch.setenv("XILINX_HLS", str(vitis.parent))
-    src = cppsim.find_sources()
+    src = hls_sources.find_sources()
     assert src.vitis == vitis.parent and src.hlslib.name == f"finn-hlslib-{pinned[:12]}"
     assert not list((tmp_path / "hls-cache").glob("HLS_arbitrary*"))
 
 
 def test_missing_sources_is_one_sentence(monkeypatch, tmp_path):
     hide_sources(monkeypatch, tmp_path)
-    why = cppsim.unavailable()
+    why = hls_sources.unavailable()
     assert why is not None and "ap_int" in why
     one_sentence(Exception(why))
     (tmp_path / "empty" / "HLS_arbitrary_Precision_Types" / "include").mkdir(parents=True)
     (tmp_path / "empty" / "HLS_arbitrary_Precision_Types" / "include" / "ap_int.h").write_text("")
-    why = cppsim.unavailable()
+    why = hls_sources.unavailable()
     assert "finn-hlslib" in why
     one_sentence(Exception(why))
-    monkeypatch.setenv(cppsim.ENV_DEPS, str(tmp_path / "empty"))
+    monkeypatch.setenv(hls_sources.ENV_DEPS, str(tmp_path / "empty"))
     monkeypatch.setenv("PATH", str(tmp_path))  # no g++
-    monkeypatch.setattr(cppsim, "find_sources", lambda: cppsim.Sources(hlslib=tmp_path))
-    why = cppsim.unavailable()
+    monkeypatch.setattr(hls_sources, "find_sources", lambda: hls_sources.Sources(hlslib=tmp_path))
+    why = hls_sources.unavailable()
     assert "g++" in why
     one_sentence(Exception(why))
 
@@ -459,14 +459,14 @@ def test_cppsim_cnv_tiny(tmp_path, tiny_cnv_build, cifar_test, monkeypatch):
     assert not info["binaries_reused"]
     child, _ = folded_model_and_input(out, nchw_float(x[:1]))
     assert info["tensors_compared"] == sum(len(n.output) for n in child.graph.node)
-    rtl_kind = cppsim.PYTHON if verilator_sim.unavailable() else verilator_sim.RTL
+    rtl_kind = cppsim.PYTHON if verilator_build.unavailable() else verilator_build.RTL
     for node in child.graph.node:  # every HLS node in C++, every RTL node in Verilator (or Python without it)
         want = rtl_kind if node.op_type.endswith("_rtl") else (
             cppsim.HLS_REIMPLEMENTED.get(node.op_type, cppsim.HLS))
         assert node.op_type.endswith(("_hls", "_rtl")) and info["nodes"][node.name] == want, node.name
     in_cpp = (cppsim.HLS, *cppsim.HLS_REIMPLEMENTED.values())
     assert {t for t, r in info["node_types"].items() if r["ran_as"] in in_cpp} == {"MVAU_hls", "Pool_hls", "LabelSelect_hls"}
-    if rtl_kind == verilator_sim.RTL:  # real activations through every RTL node's HDL, identical
+    if rtl_kind == verilator_build.RTL:  # real activations through every RTL node's HDL, identical
         rtl = info["verilator"]
         assert rtl["all_identical"] and rtl["nodes_run"] == sum(n.op_type.endswith("_rtl") for n in child.graph.node)
         assert all(r["cycles_per_image"] > 0 for r in rtl["nodes"].values())

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from bnnflow.build_flows import cppsim, flow, verilator_sim
+from bnnflow.build_flows import cppsim, flow, hls_sources, verilator_build
 
 from conftest import copy_build, data_required, shared_npz
 
@@ -33,11 +33,11 @@ pytestmark = [pytest.mark.simdefaults, pytest.mark.slow, pytest.mark.build]
 IMAGES = {"cnv": 3, "resnete": 2, "densenet": 2}
 VERIFY_IMAGES = 100  # through every stage before cppsim
 HLS_KINDS = {cppsim.HLS, *cppsim.HLS_REIMPLEMENTED.values()}
-RTL_KINDS = {verilator_sim.RTL, verilator_sim.PATCHED}
+RTL_KINDS = {verilator_build.RTL, verilator_build.PATCHED}
 
 
 def tools_or_skip() -> None:
-    why = cppsim.unavailable() or verilator_sim.unavailable()
+    why = hls_sources.unavailable() or verilator_build.unavailable()
     if why is None:
         return
     if data_required():  # CI: the stage must run, not turn into a sentence

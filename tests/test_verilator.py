@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from bnnflow.build_flows import rtllib_patches, sim_ccache, verilator_sim
+from bnnflow.build_flows import rtllib_patches, sim_ccache, verilator_build, verilator_sim
 from bnnflow.images import nchw_float
 
 from conftest import one_sentence
@@ -31,10 +31,10 @@ def vroot(tmp_path_factory) -> Path:
 
 
 def verilator_or_skip() -> Path:
-    why = verilator_sim.unavailable()
+    why = verilator_build.unavailable()
     if why is not None:
         pytest.skip(why)
-    return verilator_sim.verilator_exe()
+    return verilator_build.verilator_exe()
 
 
 def finn_python(model, node, tensors: dict, n: int) -> dict[str, np.ndarray]:
@@ -57,7 +57,7 @@ def finn_python(model, node, tensors: dict, n: int) -> dict[str, np.ndarray]:
 
 def check_against_finn(model, out: Path, names: set[str], tensors: dict, n: int) -> list:
     """Build and run the named nodes in Verilator; every output equals FINN's Python model's."""
-    m, builds = verilator_sim.build_all(out, model, only=names)
+    m, builds = verilator_build.build_all(out, model, only=names)
     assert {b.name for b in builds} == names
     for nb in builds:
         assert nb.exe is not None, (nb.name, nb.error)
@@ -75,7 +75,7 @@ def check_against_finn(model, out: Path, names: set[str], tensors: dict, n: int)
 def lint(exe: Path, files: list[Path], top: str, params: list[str], tmp: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(exe), "--lint-only", "-Wno-fatal", "-Wno-lint", "-Wno-style", "-DFINN_SIMULATION",
                            "--top-module", top, *params, *map(str, files)], capture_output=True, text=True,
-                          cwd=tmp, env=verilator_sim._env(exe))
+                          cwd=tmp, env=verilator_build._env(exe))
 
 
 def test_patches_make_verilator_accept_add_multi_and_fifo(tmp_path):
@@ -147,8 +147,8 @@ def test_mvau_rtl_wide_ports_and_weight_stream(vroot, cifar_test):
     inst = getCustomOp(model.graph.node[0])
     assert inst.get_instream_width(0) == 72 and inst.get_outstream_width(0) == 80
     builds = check_against_finn(model, vroot, {"MVAU_rtl_0"}, tensors, n)
-    assert builds[0].kind == verilator_sim.PATCHED and builds[0].patched == ["add_multi.sv"]
-    assert verilator_sim.stream_inputs(inst, model.graph.node[0]) == [0, 1]
+    assert builds[0].kind == verilator_build.PATCHED and builds[0].patched == ["add_multi.sv"]
+    assert verilator_build.stream_inputs(inst, model.graph.node[0]) == [0, 1]
 
 
 def test_streaming_fifo_rtl_patched(vroot):
@@ -204,9 +204,9 @@ def test_cnv_rtl_nodes_match_finn_and_cache(vroot, tiny_cnv_build, cifar_test, m
     assert not any(b.reused for b in builds)
     assert len(list(kept.glob("*/Vdut"))) == len(names)
     assert any(p.suffix == ".dat" for b in builds for p in b.src.iterdir())  # the bench ran where they are
-    m1, again = verilator_sim.build_all(vroot, child, only=names)
+    m1, again = verilator_build.build_all(vroot, child, only=names)
     assert all(b.reused and not b.kept_elsewhere and b.exe == a.exe for a, b in zip(builds, again))
-    m3, fetched = verilator_sim.build_all(vroot.parent / f"{vroot.name}-kept", child, only=names)
+    m3, fetched = verilator_build.build_all(vroot.parent / f"{vroot.name}-kept", child, only=names)
     assert all(b.reused and b.kept_elsewhere and b.exe != a.exe for a, b in zip(builds, fetched))
     for a, b in zip(builds, fetched):
         r1, r3 = verilator_sim.run_node(m1, a, tensors, 2), verilator_sim.run_node(m3, b, tensors, 2)
@@ -216,9 +216,9 @@ def test_cnv_rtl_nodes_match_finn_and_cache(vroot, tiny_cnv_build, cifar_test, m
     monkeypatch.setattr(sim_ccache, "binary_cache_dir", lambda: None)
     if sim_ccache.exe() is not None:
         other = vroot.parent / f"{vroot.name}-elsewhere"
-        m2, moved = verilator_sim.build_all(other, child, only=names)
+        m2, moved = verilator_build.build_all(other, child, only=names)
         assert not any(b.reused for b in moved) and all(b.exe is not None for b in moved)
-        stats = sim_ccache.log_stats(other / verilator_sim.CACHE_DIR / sim_ccache.STATS_LOG)
+        stats = sim_ccache.log_stats(other / verilator_build.CACHE_DIR / sim_ccache.STATS_LOG)
         assert stats["hits"] > 0 and stats["misses"] == 0, stats
         for a, b in zip(builds, moved):
             r1, r2 = verilator_sim.run_node(m1, a, tensors, 2), verilator_sim.run_node(m2, b, tensors, 2)
@@ -234,7 +234,7 @@ def test_stream_model_cycles_match_verilator(vroot, tiny_cnv_build, cifar_test):
     from bnnflow.build_flows import fifo_crosscheck
 
     child, names, tensors = cnv_rtl_nodes(tiny_cnv_build, cifar_test)
-    m, builds = verilator_sim.build_all(vroot, child, only=names)
+    m, builds = verilator_build.build_all(vroot, child, only=names)
     runs = {b.name: verilator_sim.run_node(m, b, tensors, 2) for b in builds}
     rows = {k: {"op_type": child.get_node_from_name(k).op_type, "cycles_first_image": r.cycles_first,
                 "cycles_per_image": r.cycles_per_image} for k, r in runs.items()}
@@ -285,18 +285,18 @@ def test_cache_key_covers_the_harness(tmp_path, monkeypatch):
     """A changed bench (hw/verilator/harness.cpp) means a rebuild: the key hashes it."""
     verilator_or_skip()
     model = mvau_rtl_model(mw=4, mh=2, simd=2, pe=1, vectors=(1, 1, 1))
-    exe = verilator_sim.verilator_exe()
-    version = verilator_sim.verilator_version(exe)
+    exe = verilator_build.verilator_exe()
+    version = verilator_build.verilator_version(exe)
     from bnnflow import compat
 
     compat.finn_ready()
-    job = verilator_sim.prepare_node(copy.deepcopy(model), model.graph.node[0], tmp_path, "xc7z020clg400-1", 10.0,
+    job = verilator_build.prepare_node(copy.deepcopy(model), model.graph.node[0], tmp_path, "xc7z020clg400-1", 10.0,
                                      version)
-    assert isinstance(job, verilator_sim._Job)
+    assert isinstance(job, verilator_build._Job)
     other = tmp_path / "harness.cpp"
-    other.write_text(verilator_sim.HARNESS.read_text() + "\n// changed\n")
-    monkeypatch.setattr(verilator_sim, "HARNESS", other)
-    job2 = verilator_sim.prepare_node(copy.deepcopy(model), model.graph.node[0], tmp_path, "xc7z020clg400-1", 10.0,
+    other.write_text(verilator_build.HARNESS.read_text() + "\n// changed\n")
+    monkeypatch.setattr(verilator_build, "HARNESS", other)
+    job2 = verilator_build.prepare_node(copy.deepcopy(model), model.graph.node[0], tmp_path, "xc7z020clg400-1", 10.0,
                                       version)
     assert job2.key != job.key
 
@@ -307,21 +307,21 @@ def test_cache_key_covers_the_harness(tmp_path, monkeypatch):
 def test_missing_verilator_is_one_sentence(monkeypatch):
     from bnnflow.build_flows.verify import print_cppsim
 
-    monkeypatch.setattr(verilator_sim, "verilator_exe", lambda: None)
-    why = verilator_sim.unavailable()
+    monkeypatch.setattr(verilator_build, "verilator_exe", lambda: None)
+    why = verilator_build.unavailable()
     assert why is not None and "Verilator" in why and "Python models" in why
     one_sentence(Exception(why))
     assert verilator_sim.simulate(Path("/nonexistent"), None, {}, 1) == {"skipped": why}
-    info = {"images": 1, "node_types": {"Thresholding_rtl": {"nodes": 2, "ran_as": verilator_sim.PYTHON}},
+    info = {"images": 1, "node_types": {"Thresholding_rtl": {"nodes": 2, "ran_as": verilator_build.PYTHON}},
             "sources": "s", "stand_ins": ["x"], "verilator": {"skipped": why}, "shim_warnings": [],
             "all_tensors_identical": True, "tensors_compared": 2}
     console = Console(record=True, width=1000)
     print_cppsim(info, console)
     text = console.export_text()
     assert [line for line in text.splitlines() if "Verilator" in line] == [why]
-    monkeypatch.setattr(verilator_sim.shutil, "which", lambda name: None)
-    monkeypatch.setattr(verilator_sim, "verilator_exe", lambda: Path("/x/verilator"))
-    one_sentence(Exception(verilator_sim.unavailable()))
+    monkeypatch.setattr(verilator_build.shutil, "which", lambda name: None)
+    monkeypatch.setattr(verilator_build, "verilator_exe", lambda: Path("/x/verilator"))
+    one_sentence(Exception(verilator_build.unavailable()))
 
 
 def test_kept_benches_go_least_recently_used_first(tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 // Why: finn-plus 1.6.1's npy2apintstream.hpp calls unflatten(), which is in the finn-hlslib commit
 // finn-plus pins (8d979e2) but not in the newest commit we can obtain (0141fa8). This file
 // includes that commit's flatten.hpp (linked into the simulation folder as flatten_upstream.hpp by
-// build_flows/cppsim.py) and adds unflatten(): the inverse of flatten(), element j taking bits
+// build_flows/hls_sources.py) and adds unflatten(): the inverse of flatten(), element j taking bits
 // [(j+1)*W-1 : j*W] of the packed word, reinterpreted as the element type. Drop it once the pinned
 // finn-hlslib is available.
 #ifndef BNNFLOW_FLATTEN_COMPAT_HPP
