@@ -9,6 +9,7 @@ uninterrupted run exactly.
 
 from __future__ import annotations
 
+import copy
 import io
 import zlib
 from pathlib import Path
@@ -30,6 +31,15 @@ def _same_kind(seq, items: list):
     return type(seq)(*items) if hasattr(seq, "_fields") else type(seq)(items)
 
 
+def _same_mapping(d: dict, items: dict) -> dict:
+    """A dict like `d` (its type and attributes: a state_dict's OrderedDict keeps its `_metadata`,
+    the module versions load_state_dict reads) holding `items`."""
+    new = copy.copy(d)
+    new.clear()
+    new.update(items)
+    return new
+
+
 def _pack(obj):
     if torch.is_tensor(obj) and obj.is_floating_point() and obj.numel() >= _MIN_NUMEL:
         t = obj.detach().cpu()
@@ -39,7 +49,7 @@ def _pack(obj):
         return {_PLANES: planes, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
                 "channels_last": channels_last}
     if isinstance(obj, dict):
-        return {k: _pack(v) for k, v in obj.items()}
+        return _same_mapping(obj, {k: _pack(v) for k, v in obj.items()})
     if isinstance(obj, (list, tuple)):
         return _same_kind(obj, [_pack(v) for v in obj])
     return obj
@@ -51,7 +61,7 @@ def _unpack(obj):
         t = planes.t().contiguous().view(getattr(torch, obj["dtype"])).reshape(obj["shape"])
         return t.contiguous(memory_format=torch.channels_last) if obj["channels_last"] else t
     if isinstance(obj, dict):
-        return {k: _unpack(v) for k, v in obj.items()}
+        return _same_mapping(obj, {k: _unpack(v) for k, v in obj.items()})
     if isinstance(obj, (list, tuple)):
         return _same_kind(obj, [_unpack(v) for v in obj])
     return obj

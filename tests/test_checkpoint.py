@@ -115,6 +115,11 @@ def test_packed_checkpoint_is_smaller_and_loads(tmp_path):
     b, _ = load_checkpoint(packed, "cnv", "tiny")
     assert all(torch.equal(_bits(x), _bits(y)) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["packed.pt", "plain.pt"]
+    # the state_dict stays an OrderedDict with its module versions, as torch.save keeps it
+    from bnnflow.models.checkpoint import read_checkpoint
+
+    a, b = (read_checkpoint(p)["state_dict"] for p in (plain, packed))
+    assert type(b) is type(a) and b._metadata == a._metadata and list(b) == list(a)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped"])
