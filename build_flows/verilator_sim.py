@@ -1,9 +1,9 @@
 """FINN's RTL layers in Verilator, one node at a time, on real activations: `bnnflow verify --sim N`.
 
-Each node's bench (verilator_build.py) streams the node's packed inputs (FINN's `npy_to_rtlsim_input`,
-as FINN's own rtlsim does: MVAU_rtl also gets its weight stream on in1) and its output is unpacked
-with `rtlsim_output_to_npy`; every output is compared with the functional model's, and the bench's
-cycle counts are kept for the stream model's cross-check (fifo_crosscheck.py).
+Each node's bench (verilator_build.py) streams the node's inputs, packed as FINN's own rtlsim packs
+them (rtl_packing.py; MVAU_rtl also gets its weight stream on in1), and its outputs are unpacked the
+same way; every output is compared with the functional model's, and the bench's cycle counts are kept
+for the stream model's cross-check (fifo_crosscheck.py).
 """
 
 from __future__ import annotations
