@@ -3,7 +3,7 @@
 Latent weights and Adam's moments are float32 whose low mantissa bytes are noise; compressing the
 raw bytes gains ~9 %.  Splitting each float tensor into byte planes (all first bytes, then all second
 bytes, ...) puts the sign/exponent bytes together, where they compress well: CNV-W1A1's last.pt goes
-from 18.6 MB to ~15.3 MB.  Every value reads back bit for bit, so --resume still repeats an
+from 18.6 MB to ~15.4 MB.  Every value reads back bit for bit, so --resume still repeats an
 uninterrupted run exactly.
 """
 
