@@ -13,7 +13,7 @@ from bnnflow.digest import file_sha256  # noqa: F401  (re-exported: callers name
 from bnnflow.errors import BnnflowError
 from bnnflow.model_ref import USER_KEY
 
-from .packing import is_packed, load_packed, save_packed
+from .packing import load_packed, save_packed
 from .zoo import build_model
 
 FORMAT = "bnnflow-checkpoint-1"
@@ -53,7 +53,7 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise BnnflowError(f"Checkpoint {path} does not exist: pass the .pt file written by 'bnnflow train'.")
     try:
-        payload = load_packed(path) if is_packed(path) else torch.load(path, map_location="cpu", weights_only=False)
+        payload = load_packed(path)  # last.pt is packed, best.pt a plain torch.save file
     except Exception as exc:  # torch and zlib raise many types for a damaged file
         raise BnnflowError(f"Checkpoint {path} is corrupt or not a PyTorch file ({type(exc).__name__}): "
                            "re-create it with 'bnnflow train'.") from None

@@ -75,15 +75,11 @@ def save_packed(obj, path: str | Path) -> None:
         tmp.write_bytes(MAGIC + zlib.compress(buf.getbuffer(), _LEVEL))
 
 
-def is_packed(path: str | Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(len(MAGIC)) == MAGIC
-
-
 def load_packed(path: str | Path):
-    """What save_packed wrote, bit for bit; raises (zlib.error, EOFError, ...) on a damaged file."""
+    """What save_packed wrote, bit for bit, or a plain torch.save file as torch.load reads it (the file is
+    read once); raises (zlib.error, EOFError, pickle errors, ...) on a damaged file."""
     data = Path(path).read_bytes()
     if not data.startswith(MAGIC):
-        raise ValueError(f"{path} is not a packed bnnflow file")
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     raw = zlib.decompress(memoryview(data)[len(MAGIC):])
     return _unpack(torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False))

@@ -22,7 +22,7 @@ from bnnflow.errors import BnnflowError
 from bnnflow.model_ref import (FORMS, ModelRef, check_input_scale, input_affine, parse_model_args, parse_model_ref,
                                portable_ref)
 
-from .packing import is_packed, load_packed
+from .packing import load_packed
 
 
 class PixelScale(nn.Module):
@@ -161,8 +161,7 @@ def _state_dict_of(path: Path) -> dict:
     if not path.is_file():
         raise BnnflowError(f"Checkpoint {path} does not exist: pass a .pt file holding the network's state_dict.")
     try:
-        # a packed file is a run's last.pt (packing.py)
-        payload = load_packed(path) if is_packed(path) else torch.load(path, map_location="cpu", weights_only=False)
+        payload = load_packed(path)  # a plain torch.save file, or a run's packed last.pt
     except Exception as exc:
         raise BnnflowError(f"Checkpoint {path} is corrupt or not a PyTorch file ({type(exc).__name__}): pass "
                            "one written by torch.save(net.state_dict(), FILE).") from None
