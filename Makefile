@@ -19,11 +19,12 @@ build: setup
 # (tests/test_sim_defaults.py: g++/Verilator compiles, cached across runs by ccache in
 # $$BNNFLOW_CCACHE_DIR) with the folding/FIFO tests that share their builds (marker simdefaults, added
 # by tests/conftest.py), the tests that need no shared build (training, user networks, sweeps, ...), and in
-# front the tests on the session-wide tiny/default builds (tests/conftest.py; built once). Each prints its
+# front the tests on the session-wide tiny/default builds (tests/conftest.py; built once) with those marked
+# beside_builds (the fast engine's training tests, there so the sessions end together). Each prints its
 # slowest tests; the side sessions' reports follow the front one's, then the tests that cost the most CPU
 # seconds in all sessions together (tests/conftest.py, BNNFLOW_TEST_CPU): what CI time is made of.
-BESIDE_MARKS := image or beside_image|simdefaults|not image and not beside_image and not simdefaults and not shared_builds
-FRONT        := not image and not beside_image and not simdefaults and shared_builds
+BESIDE_MARKS := image or beside_image|simdefaults|not image and not beside_image and not simdefaults and not shared_builds and not beside_builds
+FRONT        := not image and not beside_image and not simdefaults and (shared_builds or beside_builds)
 PYTEST       := $(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15
 
 test: setup

@@ -7,6 +7,9 @@
 # torch 2.13.0 is the CPU build (PyTorch's CPU index or a local wheel); the CUDA build pip would pick for
 # finn-plus alone makes a ~6 GB venv instead of ~1.6 GB.
 # --deps-only: the locked packages without bnnflow itself (docker/Dockerfile's dependency layer).
+# Modules are not byte-compiled at install (pip's default costs ~40 s of ~90 here): Python compiles each on
+# its first import, into the venv. BNNFLOW_BYTECOMPILE=1 compiles them all ahead, for installs its users
+# cannot write to (the Docker image).
 set -euo pipefail
 DEPS_ONLY=0
 case "${1:-}" in
@@ -35,6 +38,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 # BNNFLOW_TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU build (PyPI's default is the CUDA build).
 EXTRA=()
 [ -n "${BNNFLOW_TORCH_INDEX:-}" ] && EXTRA=(--extra-index-url "$BNNFLOW_TORCH_INDEX")
+[ "${BNNFLOW_BYTECOMPILE:-0}" = 1 ] || EXTRA+=(--no-compile)
 "${PIP[@]}" install --no-deps "${EXTRA[@]}" -r requirements/runtime.lock -r requirements/test.lock \
   2> >(grep -v "is ignored: it is neither" >&2)
 if [ "$DEPS_ONLY" = 1 ]; then

@@ -92,6 +92,15 @@ def test_code_is_copied_after_the_dependency_stage():
     assert "./setup.sh --deps-only" in deps and re.search(r"^RUN .*\./setup\.sh$", rest, re.M)
 
 
+def test_image_venv_is_byte_compiled_at_install():
+    """setup.sh leaves byte-compiling to the first import, which the image's users cannot write; the image
+    asks for it before its dependency layer (the selftest stage checks torch's .pyc is there)."""
+    deps = DOCKERFILE.read_text().split("FROM deps AS bnnflow", 1)[0]
+    env = re.search(r"^ENV .*\bBNNFLOW_BYTECOMPILE=1\b", deps, re.M)
+    assert env and env.start() < deps.index("./setup.sh --deps-only")
+    assert "BNNFLOW_BYTECOMPILE" in (REPO / "setup.sh").read_text()
+
+
 def test_setup_sh_refuses_an_unknown_option_in_one_sentence():
     r = subprocess.run(["bash", str(REPO / "setup.sh"), "--deps"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and r.stdout == ""

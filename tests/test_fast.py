@@ -20,6 +20,8 @@ from bnnflow.models.engine import Engine
 from bnnflow.models.zoo import build_model
 
 
+pytestmark = pytest.mark.beside_builds  # `make test`: in the shared builds' session (Makefile)
+
 TINY = [("resnete", "tiny"), ("densenet", "tiny"), ("cnv", "tiny")]
 
 
