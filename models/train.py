@@ -161,7 +161,10 @@ def cosine(step: int, total: int, warmup: int = 0) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total - warmup) / max(total - warmup, 1)))
 
 
-def evaluate_tensors(net, x_uint8, y, logit_scale=None, batch: int = 500) -> tuple[float, float, "object"]:
+EVAL_BATCH = 500
+
+
+def evaluate_tensors(net, x_uint8, y, logit_scale=None, batch: int = EVAL_BATCH) -> tuple[float, float, "object"]:
     """(mean loss, top-1, predictions) in eval mode (fp32) on uint8 NCHW images; `net` is a model
     or an engine.Engine (its fp32 forward, equal to Brevitas')."""
     import torch
@@ -302,7 +305,7 @@ def _start_run(cfg: TrainConfig, out: Path, saved: dict | None, console, paralle
     import torch
 
     from .distill import attach_teacher
-    from .engine import Engine
+    from .engine import EVAL_COMPILE_MIN_IMAGES, Engine
 
     device = _set_up_device(cfg, parallel)
     main = parallel is None or parallel.main
@@ -331,6 +334,7 @@ def _start_run(cfg: TrainConfig, out: Path, saved: dict | None, console, paralle
     soft = attach_teacher(cfg, out, tensors, engine, run_info, saved is not None) if cfg.teacher else None
     run = _Run(cfg, out, device, data["info"], tensors, net, logit_scale, opts, engine, history, start_epoch,
                steps_per_epoch, run_info, selection_score(selected_row(history)) if history else -1.0, main, soft)
+    engine.compile_eval = (run.end_epoch - start_epoch) * len(tensors[2]) >= EVAL_COMPILE_MIN_IMAGES
     if main:
         write_run_json(out, run_info)
     _announce(run, console)

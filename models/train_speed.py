@@ -73,6 +73,7 @@ def benchmark(cfg, steps: int, console) -> dict:
                 torch.cuda.synchronize()
             timing[name] += time.time() - t0
     ips = {k: steps * bs / v for k, v in timing.items()}
+    evaluation = evaluation_speed(quick, x[:_eval_images(len(x), steps * bs)]) if quick.compile else None
     ratio = ips["fast"] / ips["brevitas"]
     label = f"fast ({'bf16, ' if quick.bf16 else 'fp32, '}{'compiled, ' if quick.compile else ''}channels_last twin)"
     console.print(f"{cfg.model}/{cfg.variant}, batch {bs}, {torch.get_num_threads()} threads on {device}, "
@@ -81,4 +82,61 @@ def benchmark(cfg, steps: int, console) -> dict:
     console.print(f"  {label}: {ips['fast']:8.1f} images/s")
     console.print(f"  speed-up: [bold]{ratio:.2f}x[/]   (not timed: {stat_steps} Brevitas statistics steps "
                   f"{stats_s:.0f} s, fast engine compile + warm-up {warm_s:.0f} s)")
-    return {"images_per_s": ips, "ratio": ratio, "stat_steps": stat_steps, "warmup_s": warm_s}
+    if evaluation is None:
+        console.print("  evaluation: not compared (--no-compile: it runs the eager fp32 twin)")
+    else:
+        e = evaluation["images_per_s"]
+        console.print(f"  evaluation (fp32, {evaluation['images']} images per path): eager twin {e['eager']:.1f}, "
+                      f"compiled twin {e['compiled']:.1f} images/s, [bold]{evaluation['ratio']:.2f}x[/], "
+                      f"same logits: {'yes' if evaluation['identical'] else 'NO (runs evaluate eagerly)'}   "
+                      f"(not timed: compile + check {evaluation['compile_s']:.0f} s)")
+    return {"images_per_s": ips, "ratio": ratio, "stat_steps": stat_steps, "warmup_s": warm_s,
+            "evaluation": evaluation}
+
+
+def _eval_images(available: int, wanted: int) -> int:
+    """As many images as were trained on, in whole evaluation batches (a partial one would recompile)."""
+    from .train import EVAL_BATCH
+
+    n = min(available, wanted)
+    return n - n % EVAL_BATCH if n >= EVAL_BATCH else n
+
+
+def evaluation_speed(engine, x_uint8) -> dict:
+    """fp32 evaluation through the eager and the compiled twin on the same images, interleaved blocks;
+    the compiled graph is built and checked against the eager one (Engine.eval_forward) before timing."""
+    import torch
+
+    from .train import EVAL_BATCH
+
+    t0 = time.time()
+    engine.compile_eval = True
+    _eval_logits(engine, x_uint8[:EVAL_BATCH])
+    compile_s = time.time() - t0
+    timing, logits = {"eager": 0.0, "compiled": 0.0}, {}
+    for _ in range(BLOCKS):
+        for name in timing:
+            engine.compile_eval = name == "compiled"
+            t0 = time.time()
+            logits[name] = _eval_logits(engine, x_uint8)
+            if x_uint8.device.type == "cuda":
+                torch.cuda.synchronize()
+            timing[name] += time.time() - t0
+    ips = {k: BLOCKS * len(x_uint8) / v for k, v in timing.items()}
+    return {"images": len(x_uint8), "images_per_s": ips, "ratio": ips["compiled"] / ips["eager"],
+            "identical": bool(engine._eval_compiled_exact) and torch.equal(logits["eager"], logits["compiled"]),
+            "compile_s": compile_s}
+
+
+def _eval_logits(engine, x_uint8):
+    import torch
+
+    from .train import EVAL_BATCH
+
+    was = engine.net.training
+    engine.net.eval()
+    with torch.no_grad():
+        out = torch.cat([engine.eval_forward(x_uint8[i:i + EVAL_BATCH].float())
+                         for i in range(0, len(x_uint8), EVAL_BATCH)])
+    engine.net.train(was)
+    return out

@@ -82,6 +82,50 @@ def test_committed_checkpoint_eval_logits_identical(cifar_test):
     assert torch.equal(a, b)
 
 
+def _evaluating_engine(net, compile_eval: bool) -> Engine:
+    scale = torch.nn.Parameter(torch.tensor(0.0))
+    eng = Engine(net, scale, [torch.optim.Adam(net.parameters())], torch.device("cpu"), "fast", compile=True)
+    eng.compile_eval = compile_eval
+    return eng
+
+
+def test_compiled_evaluation_equals_brevitas_on_the_committed_cnv(cifar_test):
+    """The long runs validate through the compiled fp32 twin: on real images it gives Brevitas' logits bit
+    for bit (checked against the eager twin on the first batch, then used alone)."""
+    from bnnflow.models.checkpoint import committed_checkpoint
+
+    path = committed_checkpoint("cnv", "default")
+    if path is None:
+        pytest.skip("no committed cnv checkpoint")
+    net, _ = load_checkpoint(path, "cnv", "default")
+    net.eval()
+    eng = _evaluating_engine(net, compile_eval=True)
+    x = torch.from_numpy(cifar_test[0][:400]).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        first, rest = eng.eval_forward(x[:200]), eng.eval_forward(x[200:])
+        assert eng._eval_compiled_exact is True
+        assert torch.equal(torch.cat([first, rest]), net(x))
+    # `--benchmark-steps`' evaluation line: both paths on the same images, same logits
+    from bnnflow.models.train_speed import evaluation_speed
+
+    speed = evaluation_speed(eng, torch.from_numpy(cifar_test[0][:200]).permute(0, 3, 1, 2))
+    assert speed["identical"] and speed["images"] == 200 and min(speed["images_per_s"].values()) > 0
+
+
+def test_compiled_evaluation_that_differs_is_not_used(images):
+    net = build_model("cnv", "tiny").eval()
+    eng = _evaluating_engine(net, compile_eval=True)
+    eng.twin()
+    eng._compiled = lambda xb: eng._twin(xb) + 1e-6  # a compiled graph that rounds differently
+    x = images[0][:16]
+    with torch.no_grad():
+        assert torch.equal(eng.eval_forward(x), net(x)) and eng._eval_compiled_exact is False
+        assert torch.equal(eng.eval_forward(x), net(x))
+    off = _evaluating_engine(net, compile_eval=False)  # the default: short runs do not compile it
+    with torch.no_grad():
+        assert torch.equal(off.eval_forward(x), net(x)) and off._eval_compiled_exact is None
+
+
 @pytest.mark.parametrize("model, variant", TINY)
 def test_train_logits_and_gradients_equal(model, variant, images):
     x, y = images
@@ -242,6 +286,7 @@ def test_benchmark_prints_both_paths(capsys):
                  "--batch-size", "16", "--threads", "2", "--benchmark-steps", "4", "--no-compile"])
     out = capsys.readouterr().out
     assert code == 0 and "brevitas (Brevitas forward" in out and "speed-up:" in out
+    assert "evaluation: not compared (--no-compile" in out
     ratio = float(out.split("speed-up:")[1].split("x")[0])
     assert ratio > 0
 
