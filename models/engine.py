@@ -17,8 +17,9 @@ from . import fast
 from .distill import distillation_loss
 
 
-# Compiling the fp32 evaluation graph costs 10-20 s here and saves 0.5-3.6 ms an image (CNV-W1A1 to
-# BinaryDenseNet default): worth it for a run that evaluates at least this many images in one process.
+# Compiling the fp32 evaluation graph costs ~10 s here and pays back over a few thousand images
+# (`bnnflow train MODEL --benchmark-steps N` times both): a run compiles it when it evaluates at least
+# this many images in one process; short runs and tests evaluate eagerly.
 EVAL_COMPILE_MIN_IMAGES = 20_000
 
 
@@ -103,7 +104,7 @@ class Engine:
 
     def eval_forward(self, xb: torch.Tensor) -> torch.Tensor:
         """fp32, eval mode set by the caller: the twin once it exists, else Brevitas. With compile_eval, the
-        compiled twin (1.5-2.2x faster here) is used only after it gave the eager twin's logits bit for bit
+        compiled twin (1.7x faster for ResNetE default here) is used only after it gave the eager twin's logits bit for bit
         on the first batch; otherwise the run evaluates eagerly."""
         if not self.uses_twin():
             return self.net(xb)
