@@ -7,9 +7,9 @@
 # torch 2.13.0 is the CPU build (PyTorch's CPU index or a local wheel); the CUDA build pip would pick for
 # finn-plus alone makes a ~6 GB venv instead of ~1.6 GB.
 # --deps-only: the locked packages without bnnflow itself (docker/Dockerfile's dependency layer).
-# Modules are not byte-compiled at install (pip's default, over half of this script's time): Python compiles each on
-# its first import, into the venv. BNNFLOW_BYTECOMPILE=1 compiles them all ahead, for installs its users
-# cannot write to (the Docker image).
+# Modules are not byte-compiled at install (pip's default, over half of this script's time): Python
+# compiles each on its first import, into the venv. BNNFLOW_BYTECOMPILE=1 compiles them all ahead, for
+# installs their users cannot write to (the Docker image).
 set -euo pipefail
 DEPS_ONLY=0
 case "${1:-}" in
