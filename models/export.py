@@ -12,8 +12,9 @@ from brevitas.export import export_qonnx
 from torch import nn
 
 from bnnflow.atomic import atomic_path
+from bnnflow.images import CHANNELS, IMAGE_SIZE
 
-INPUT_SHAPE = (1, 3, 32, 32)  # raw 8-bit pixels, NCHW
+INPUT_SHAPE = (1, CHANNELS, IMAGE_SIZE, IMAGE_SIZE)  # raw 8-bit pixels, NCHW
 
 
 def export_model(net: nn.Module, path: str | Path) -> Path:

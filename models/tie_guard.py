@@ -25,6 +25,7 @@ from brevitas.nn import QuantConv2d, QuantHardTanh, QuantIdentity, QuantLinear, 
 from brevitas.quant_tensor import QuantTensor
 from torch import nn
 
+from .export import INPUT_SHAPE
 from .quantizers import BinaryAct
 
 
@@ -192,7 +193,7 @@ def guard_rounding_ties(net: nn.Module, margin: float = 1e-3) -> dict:
     A batch norm whose grid cannot be read is left as it is and listed under "skipped".
     """
     net.eval()
-    events, _ = _trace_units(net, torch.zeros(1, 3, 32, 32))
+    events, _ = _trace_units(net, torch.zeros(INPUT_SHAPE))
     changed, checked, skipped, kept, against = 0, 0, [], margin, 0
     names = {m: n for n, m in net.named_modules()}
     for i, (mod, _, _, _) in enumerate(events):

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from bnnflow.cores import usable_cores
 from bnnflow.errors import BnnflowError
+from bnnflow.images import CHANNELS, IMAGE_SIZE
 
 # re-exported: callers import these from bnnflow.models.train
 from .run_folder import (LOG_COLUMNS, RUN_FILES, TEACHER_LOGITS, default_out, merge_resume, open_run,  # noqa: F401
@@ -115,7 +116,7 @@ def _user_network(cfg: TrainConfig):
     # one training forward on a copy (its statistics stay untouched): a network that cannot take CIFAR-10
     # batches fails here in one sentence, not in a traceback from the first step
     with running(cfg.model, "Training"):
-        logits = copy.deepcopy(net).train()(torch.zeros(2, 3, 32, 32))
+        logits = copy.deepcopy(net).train()(torch.zeros(2, CHANNELS, IMAGE_SIZE, IMAGE_SIZE))
     if not torch.is_tensor(logits):
         raise BnnflowError(f"{cfg.model} returns a {type(logits).__name__}, not a tensor of logits: let its last "
                            "layer return a plain tensor (return_quant_tensor=False).")
@@ -135,7 +136,7 @@ def make_optimizers(cfg: TrainConfig, net, logit_scale, device) -> list:
     lr = cfg.lr
     covered, psi_opts = set(), []
     if cfg.optimizer == "psi":
-        groups, covered = psi.psi_param_groups(net, torch.zeros(2, 3, 32, 32, device=device))
+        groups, covered = psi.psi_param_groups(net, torch.zeros(2, CHANNELS, IMAGE_SIZE, IMAGE_SIZE, device=device))
         psi_opts = [psi.PSI(groups, lr=cfg.psi_lr, momentum=cfg.momentum)]
     decay, no_decay = [], []
     for p in list(net.parameters()) + [logit_scale]:
