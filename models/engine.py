@@ -17,12 +17,6 @@ from . import fast
 from .distill import distillation_loss
 
 
-# Compiling the fp32 evaluation graph costs ~10 s here and pays back over a few thousand images
-# (`bnnflow train MODEL --benchmark-steps N` times both): a run compiles it when it evaluates at least
-# this many images in one process; short runs and tests evaluate eagerly.
-EVAL_COMPILE_MIN_IMAGES = 20_000
-
-
 def bf16_default(device: torch.device) -> bool:
     """bf16 pays on CUDA and on CPUs with AMX/AVX512-BF16; elsewhere it emulates and is slower."""
     if device.type == "cuda":
@@ -48,7 +42,8 @@ class Engine:
         self.label_smoothing = label_smoothing
         self.kind, self.bf16, self.compile = kind, bf16 and kind == "fast", compile and kind == "fast"
         self._twin = self._compiled = None
-        # evaluation through the compiled twin: the train loop turns it on where it pays (EVAL_COMPILE_MIN_IMAGES)
+        # evaluation through the compiled twin: the train loop turns it on where it pays
+        # (train_config.EVAL_COMPILE_MIN_IMAGES)
         self.compile_eval = False
         self._eval_compiled_exact = None  # unknown until the first evaluation batch through the twin
         self._binary = fast.binary_latent_weights(net)

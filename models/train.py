@@ -52,8 +52,8 @@ from bnnflow.images import CHANNELS, IMAGE_SIZE
 from .run_folder import (LOG_COLUMNS, RUN_FILES, TEACHER_LOGITS, default_out, merge_resume, open_run,  # noqa: F401
                          plan_run_folder, plot_curve, selected_row, selection_score, write_logs, write_run_json)
 from .train_config import (DEFAULT_LR, DEFAULT_PSI_LR, DEFAULT_VAL_SIZE, ENGINE_KEYS, ENGINES,  # noqa: F401
-                           FIXED_ON_RESUME, MODELS, OPTIMIZERS, RECIPE_DEFAULTS, TrainConfig, add_train_parser,
-                           check_config, config_from_args)
+                           EVAL_COMPILE_MIN_IMAGES, FIXED_ON_RESUME, MODELS, OPTIMIZERS, RECIPE_DEFAULTS,
+                           TrainConfig, add_train_parser, check_config, config_from_args)
 from .train_data import check_same_data, load_data, to_device_tensors  # noqa: F401
 from .train_state import (cpu_copy, quant_stats_state, restore_quant_stats, rng_state, save_best,  # noqa: F401
                           save_last, set_rng_state)
@@ -306,7 +306,7 @@ def _start_run(cfg: TrainConfig, out: Path, saved: dict | None, console, paralle
     import torch
 
     from .distill import attach_teacher
-    from .engine import EVAL_COMPILE_MIN_IMAGES, Engine
+    from .engine import Engine
 
     device = _set_up_device(cfg, parallel)
     main = parallel is None or parallel.main

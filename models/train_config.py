@@ -35,6 +35,10 @@ FIXED_ON_RESUME = ("model", "variant", "batch_size", "lr", "optimizer", "psi_lr"
                    "model_args", "input_scale")
 # how each step is computed may change on --resume (same state, other arithmetic): logged per epoch
 ENGINE_KEYS = ("engine", "bf16", "compile")
+# Compiling the fp32 evaluation graph costs ~10 s here and pays back over a few thousand images
+# (`bnnflow train MODEL --benchmark-steps N` times both): a run compiles it when it evaluates at least
+# this many images in one process; short runs and tests evaluate eagerly.
+EVAL_COMPILE_MIN_IMAGES = 20_000
 
 
 @dataclass
@@ -177,7 +181,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="bf16 autocast for the fast engine's training steps (evaluation stays fp32); default: on "
                         "where the CPU has AMX/AVX512-BF16 or on a GPU")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the fast engine's forward (default: on; ~1 min to compile on 2 cores)")
+                   help="torch.compile the fast engine's forward (default: on; ~1 min to compile on 2 cores), and "
+                        f"its fp32 evaluation in runs that evaluate {EVAL_COMPILE_MIN_IMAGES:,}+ images")
     p.add_argument("--shorten", action="store_true",
                    help="with --resume and a smaller --epochs: end the run early on the shortened schedule")
     p.add_argument("--benchmark-steps", type=int, metavar="N",
