@@ -99,8 +99,8 @@ class Engine:
 
     def eval_forward(self, xb: torch.Tensor) -> torch.Tensor:
         """fp32, eval mode set by the caller: the twin once it exists, else Brevitas. With compile_eval, the
-        compiled twin (1.7x faster for ResNetE default here) is used only after it gave the eager twin's logits bit for bit
-        on the first batch; otherwise the run evaluates eagerly."""
+        compiled twin (1.7x faster for ResNetE default here) is used only after it gave the eager twin's
+        logits bit for bit on the first batch; otherwise the run evaluates eagerly."""
         if not self.uses_twin():
             return self.net(xb)
         fast.clamp_binary_weights(self._binary)

@@ -165,26 +165,36 @@ def cosine(step: int, total: int, warmup: int = 0) -> float:
 EVAL_BATCH = 500
 
 
+def eval_logits(net, x_uint8, batch: int = EVAL_BATCH):
+    """(first image index, fp32 logits) per batch of uint8 NCHW images, in eval mode and without
+    gradients; `net` is a model or an engine.Engine (its fp32 forward, equal to Brevitas')."""
+    import torch
+
+    forward = getattr(net, "eval_forward", net)
+    module = getattr(net, "net", net)
+    was = module.training
+    module.eval()
+    try:
+        for i in range(0, len(x_uint8), batch):
+            with torch.no_grad():  # not held across the yield: the caller keeps its own grad mode
+                logits = forward(x_uint8[i:i + batch].float())
+            yield i, logits
+    finally:
+        module.train(was)
+
+
 def evaluate_tensors(net, x_uint8, y, logit_scale=None, batch: int = EVAL_BATCH) -> tuple[float, float, "object"]:
-    """(mean loss, top-1, predictions) in eval mode (fp32) on uint8 NCHW images; `net` is a model
-    or an engine.Engine (its fp32 forward, equal to Brevitas')."""
+    """(mean loss, top-1, predictions) in eval mode (fp32) on uint8 NCHW images (eval_logits)."""
     import torch
     import torch.nn.functional as F
 
-    forward = getattr(net, "eval_forward", net)
-    net = getattr(net, "net", net)
-    was = net.training
-    net.eval()
     loss_sum, correct, preds = 0.0, 0, []
     scale = logit_scale.exp() if logit_scale is not None else 1.0
-    with torch.no_grad():
-        for i in range(0, len(x_uint8), batch):
-            logits = forward(x_uint8[i:i + batch].float())
-            loss_sum += float(F.cross_entropy(logits * scale, y[i:i + batch], reduction="sum"))
-            p = logits.argmax(1)
-            preds.append(p)
-            correct += int((p == y[i:i + batch]).sum())
-    net.train(was)
+    for i, logits in eval_logits(net, x_uint8, batch):
+        loss_sum += float(F.cross_entropy(logits * scale, y[i:i + batch], reduction="sum"))
+        p = logits.argmax(1)
+        preds.append(p)
+        correct += int((p == y[i:i + batch]).sum())
     n = max(len(x_uint8), 1)
     return loss_sum / n, correct / n, torch.cat(preds) if preds else None
 

@@ -21,7 +21,8 @@ def benchmark(cfg, steps: int, console) -> dict:
 
     from .data import augment
     from .engine import Engine, bf16_default
-    from .train import check_config, load_data, make_optimizers, pick_device, prepare_model, to_device_tensors
+    from .train import (EVAL_BATCH, check_config, load_data, make_optimizers, pick_device, prepare_model,
+                        to_device_tensors)
 
     if steps < 2 or steps % BLOCKS:
         raise BnnflowError(f"--benchmark-steps must be an even number of at least 2, got {steps}.")
@@ -73,7 +74,9 @@ def benchmark(cfg, steps: int, console) -> dict:
                 torch.cuda.synchronize()
             timing[name] += time.time() - t0
     ips = {k: steps * bs / v for k, v in timing.items()}
-    evaluation = evaluation_speed(quick, x[:_eval_images(len(x), steps * bs)]) if quick.compile else None
+    evaluation = None
+    if quick.compile:
+        evaluation = evaluation_speed(quick, x[:_whole_batches(min(len(x), steps * bs), EVAL_BATCH)])
     ratio = ips["fast"] / ips["brevitas"]
     label = f"fast ({'bf16, ' if quick.bf16 else 'fp32, '}{'compiled, ' if quick.compile else ''}channels_last twin)"
     console.print(f"{cfg.model}/{cfg.variant}, batch {bs}, {torch.get_num_threads()} threads on {device}, "
@@ -94,12 +97,9 @@ def benchmark(cfg, steps: int, console) -> dict:
             "evaluation": evaluation}
 
 
-def _eval_images(available: int, wanted: int) -> int:
-    """As many images as were trained on, in whole evaluation batches (a partial one would recompile)."""
-    from .train import EVAL_BATCH
-
-    n = min(available, wanted)
-    return n - n % EVAL_BATCH if n >= EVAL_BATCH else n
+def _whole_batches(n: int, batch: int) -> int:
+    """n images in whole evaluation batches (a partial one would recompile), or all of them under one batch."""
+    return n - n % batch if n >= batch else n
 
 
 def evaluation_speed(engine, x_uint8) -> dict:
@@ -107,18 +107,21 @@ def evaluation_speed(engine, x_uint8) -> dict:
     the compiled graph is built and checked against the eager one (Engine.eval_forward) before timing."""
     import torch
 
-    from .train import EVAL_BATCH
+    from .train import EVAL_BATCH, eval_logits
+
+    def logits_of(x):
+        return torch.cat([logits for _, logits in eval_logits(engine, x)])
 
     t0 = time.time()
     engine.compile_eval = True
-    _eval_logits(engine, x_uint8[:EVAL_BATCH])
+    logits_of(x_uint8[:EVAL_BATCH])
     compile_s = time.time() - t0
     timing, logits = {"eager": 0.0, "compiled": 0.0}, {}
     for _ in range(BLOCKS):
         for name in timing:
             engine.compile_eval = name == "compiled"
             t0 = time.time()
-            logits[name] = _eval_logits(engine, x_uint8)
+            logits[name] = logits_of(x_uint8)
             if x_uint8.device.type == "cuda":
                 torch.cuda.synchronize()
             timing[name] += time.time() - t0
@@ -127,16 +130,3 @@ def evaluation_speed(engine, x_uint8) -> dict:
             "identical": bool(engine._eval_compiled_exact) and torch.equal(logits["eager"], logits["compiled"]),
             "compile_s": compile_s}
 
-
-def _eval_logits(engine, x_uint8):
-    import torch
-
-    from .train import EVAL_BATCH
-
-    was = engine.net.training
-    engine.net.eval()
-    with torch.no_grad():
-        out = torch.cat([engine.eval_forward(x_uint8[i:i + EVAL_BATCH].float())
-                         for i in range(0, len(x_uint8), EVAL_BATCH)])
-    engine.net.train(was)
-    return out
