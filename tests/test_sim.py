@@ -135,6 +135,51 @@ def test_shims_and_compat_headers(tmp_path):
     assert strict.returncode != 0
 
 
+FLATTEN_PROGRAM = r"""
+#define BNNFLOW_COUNT_FLATTEN
+#include <cstdio>
+#include <ap_int.h>
+#include "flatten.hpp"
+
+static uint64_t state = 0x9E3779B97F4A7C15ull;  // xorshift64: every bit pattern, negative elements too
+static uint64_t next() { state ^= state << 13; state ^= state >> 7; state ^= state << 17; return state; }
+
+// words where hw/hlslib_compat's packing differs from finn-hlslib's flatten(), or was not the one picked
+template <typename T, int W, size_t N> int differing(int rounds) {
+  int bad = 0;
+  for (int r = 0; r < rounds; r++) {
+    T buf[N];
+    for (auto &x : buf) x = T(next());
+    size_t const before = bnnflow_compat::fast_flatten_calls;
+    ap_uint<N * W> const fast = flatten(buf);  // the call npy2apintstream makes
+    bad += bnnflow_compat::fast_flatten_calls != before + 1;
+    bad += fast != flatten<T, N>(buf);  // explicit <T, N>: only upstream's template takes a type first
+  }
+  return bad;
+}
+
+int main() {
+  std::printf("%d\n", differing<ap_uint<1>, 1, 768>(20) + differing<ap_uint<1>, 1, 7>(50) + differing<ap_int<1>, 1, 65>(50)
+      + differing<ap_int<3>, 3, 100>(20) + differing<ap_uint<24>, 24, 5>(50) + differing<ap_int<11>, 11, 33>(50)
+      + differing<ap_uint<63>, 63, 4>(50) + differing<ap_int<64>, 64, 3>(50) + differing<ap_uint<64>, 64, 1>(50));
+  return 0;
+}
+"""
+
+
+def test_fast_flatten_packs_the_same_words(tmp_path):
+    """hw/hlslib_compat/flatten.hpp packs ap_int/ap_uint arrays (FINN's testbench inputs and streamed
+    weights) with the same bits as finn-hlslib's flatten(), and overload resolution picks it."""
+    sources = sources_or_skip()
+    if not hls_sources.hlslib_compat_needed(sources.hlslib)["flatten.hpp"]:
+        pytest.skip("this finn-hlslib has unflatten: its own flatten.hpp is used as it is")
+    xhls, deps = hls_sources.layout(sources, tmp_path / "env")
+    (tmp_path / "t.cpp").write_text(FLATTEN_PROGRAM)
+    gxx(["-std=c++17", "-O1", f"-I{xhls}/include", f"-I{deps}/finn-hlslib", "t.cpp", "-o", "t"], tmp_path)
+    r = subprocess.run(["./t"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.split() == ["0"], (r.stdout, r.stderr)
+
+
 def test_shim_warnings_are_collected_from_finns_log():
     """FINN logs a cppsim binary's stderr on finn_logger; run_images keeps the shim's lines from it."""
     import logging
