@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import random
 
 import pytest
 import torch
@@ -55,6 +56,81 @@ def test_linear_time_qonnx_passes_match_the_originals(finn_graphs, cls_name):
         else:
             slow, _ = original(cls(), copy.deepcopy(shuffled))
         assert fast.model == slow.model
+
+
+def test_linear_time_parameter_uniquing_matches_the_original(finn_graphs):
+    """GiveUniqueParameterTensors on graphs whose nodes share parameters (twice in one node, too)."""
+    import qonnx.transformation.general as general
+
+    cls = general.GiveUniqueParameterTensors
+    for model in finn_graphs:
+        shared = copy.deepcopy(model)
+        inits = {i.name for i in shared.graph.initializer}
+        with_params = [n for n in shared.graph.node if any(i in inits for i in n.input)]
+        first = next(i for i in with_params[0].input if i in inits)
+        for node in with_params[1::3]:  # a third of the nodes take the first node's parameter instead of theirs
+            k = next(k for k, i in enumerate(node.input) if i in inits)
+            node.input[k] = first
+        node = with_params[2]
+        node.input[next(k for k, i in enumerate(node.input) if i in inits)] = first
+        random.seed(0)  # the copies get random names (qonnx's make_new_valueinfo_name)
+        fast, _ = cls.apply(cls(), copy.deepcopy(shared))
+        random.seed(0)
+        slow, _ = compat.QONNX_ORIGINALS[cls.__name__](cls(), copy.deepcopy(shared))
+        assert fast.model == slow.model
+        assert len(fast.graph.initializer) > len(shared.graph.initializer)  # copies were made
+
+
+def test_linear_time_shape_check_matches_the_original(finn_graphs):
+    """ModelWrapper's shape check: same answer and same value infos added, with and without the fix for
+    initializers, on a tensor without a shape, and the same assertion on a duplicated value info."""
+    original = compat.QONNX_ORIGINALS["check_all_tensor_shapes_specified"]
+    for model in finn_graphs:
+        bare = copy.deepcopy(model.model)
+        init_names = {i.name for i in bare.graph.initializer}
+        kept = [vi for vi in bare.graph.value_info if vi.name not in init_names]
+        del bare.graph.value_info[:]
+        bare.graph.value_info.extend(kept)  # initializers without value infos, as the exporter leaves some
+        no_shape = copy.deepcopy(bare)
+        del no_shape.graph.value_info[len(kept) // 2]
+        for proto in (bare, no_shape):
+            for fix in (False, True):
+                fast = ModelWrapper(copy.deepcopy(proto), fix_missing_initializer_valueinfo=False)
+                slow = ModelWrapper(copy.deepcopy(proto), fix_missing_initializer_valueinfo=False)
+                assert fast.check_all_tensor_shapes_specified(fix) == original(slow, fix)
+                assert fast.model == slow.model
+        assert ModelWrapper(copy.deepcopy(bare)).check_all_tensor_shapes_specified() is True
+        assert ModelWrapper(copy.deepcopy(no_shape), fix_missing_initializer_valueinfo=False) \
+            .check_all_tensor_shapes_specified(True) is False
+        twice = copy.deepcopy(bare)
+        twice.graph.value_info.append(copy.deepcopy(kept[0]))
+        for check in (compat._all_tensor_shapes_specified, original):
+            with pytest.raises(AssertionError, match="Multiple ValueInfoProto"):
+                check(ModelWrapper(copy.deepcopy(twice), fix_missing_initializer_valueinfo=False))
+
+
+def test_indexed_datatype_inference_matches_the_original(finn_graphs):
+    """InferDataTypes with every, half and none of the annotations in place (custom ops included), and
+    qonnx's own error on a tensor annotated twice."""
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+
+    original = compat.QONNX_ORIGINALS["InferDataTypes"]
+    for model in finn_graphs:
+        annotated = model.transform(InferDataTypes())
+        anns = list(annotated.graph.quantization_annotation)
+        for keep in (anns, anns[::2], []):
+            proto = copy.deepcopy(annotated.model)
+            del proto.graph.quantization_annotation[:]
+            proto.graph.quantization_annotation.extend(keep)
+            fast, _ = InferDataTypes().apply(ModelWrapper(copy.deepcopy(proto)))
+            slow, _ = original(InferDataTypes(), ModelWrapper(copy.deepcopy(proto)))
+            assert fast.model == slow.model
+            assert "get_tensor_datatype" not in vars(fast)  # the index was only lent for the pass
+        twice = copy.deepcopy(annotated.model)
+        twice.graph.quantization_annotation.append(copy.deepcopy(anns[0]))
+        for apply in (InferDataTypes().apply, lambda m: original(InferDataTypes(), m)):
+            with pytest.raises(Exception, match="multiple get_by_name matches"):
+                apply(ModelWrapper(copy.deepcopy(twice)))
 
 
 def test_composed_transformation_without_idle_cleanups_matches_the_original(finn_graphs):
