@@ -18,7 +18,10 @@
     `-fno-builtin -fno-inline`, which makes the binaries several times slower (`cppsim_fast_flags`,
     outputs identical, tested); `HLSBackend.execute_node` packs every input into rtlsim's integer
     stream in cppsim mode too, where nothing reads it, and that packing was most of a cppsim image
-    (`cppsim_without_rtlsim_packing`, outputs identical, tested).
+    (`cppsim_without_rtlsim_packing`, outputs identical, tested);
+  - its weight and threshold files are packed by `array2hexstring` with a BitArray appended per
+    element, most of `hw_codegen` (`speed_up_finn_packing`: NumPy for integer datatypes, same strings,
+    tested).
 * qonnx 1.0.0 renames and sorts graphs in O(nodes^2) (a linear scan per tensor / per node),
   run after every transformation; on a 12-block ResNetE streamlining spends most of its time
   there. Its ComposedTransformation (FINN's StreamlinePlus) also re-runs the whole cleanup
@@ -79,6 +82,7 @@ def finn_ready(build_dir: str | os.PathLike | None = None) -> None:
         finn.xsi.SimEngine = None
     if os.environ.get("BNNFLOW_QONNX_AS_IS") != "1":
         speed_up_qonnx()
+        speed_up_finn_packing()
     import finn.util.settings as settings
 
     if settings._SETTINGS is None:
@@ -209,7 +213,7 @@ def _infer_datatypes(self, model):
     from qonnx.core.datatype import DataType
     from qonnx.util.basic import get_by_name
 
-    original = QONNX_ORIGINALS["InferDataTypes"]
+    original = ORIGINALS["InferDataTypes"]
     annotations = model.graph.quantization_annotation
     index = {}
     for ann in annotations:
@@ -272,7 +276,7 @@ def _composed_apply(self, model):
     return model, graph_modified
 
 
-QONNX_ORIGINALS: dict = {}  # the replaced methods, kept for the equivalence tests
+ORIGINALS: dict = {}  # the replaced qonnx/FINN functions, kept for the equivalence tests
 
 
 def speed_up_qonnx() -> None:
@@ -284,17 +288,64 @@ def speed_up_qonnx() -> None:
 
     for cls in (general.GiveUniqueTensorNames, general.GiveReadableTensorNames, general.SortGraph,
                 general.GiveUniqueParameterTensors):
-        QONNX_ORIGINALS.setdefault(cls.__name__, cls.apply)
+        ORIGINALS.setdefault(cls.__name__, cls.apply)
     general.GiveUniqueTensorNames.apply = _unique_tensor_names
     general.GiveReadableTensorNames.apply = _readable_tensor_names
     general.SortGraph.apply = _sort_graph
     general.GiveUniqueParameterTensors.apply = _unique_parameter_tensors
-    QONNX_ORIGINALS.setdefault("InferDataTypes", infer_datatypes.InferDataTypes.apply)
+    ORIGINALS.setdefault("InferDataTypes", infer_datatypes.InferDataTypes.apply)
     infer_datatypes.InferDataTypes.apply = _infer_datatypes
-    QONNX_ORIGINALS.setdefault("check_all_tensor_shapes_specified", ModelWrapper.check_all_tensor_shapes_specified)
+    ORIGINALS.setdefault("check_all_tensor_shapes_specified", ModelWrapper.check_all_tensor_shapes_specified)
     ModelWrapper.check_all_tensor_shapes_specified = _all_tensor_shapes_specified
-    QONNX_ORIGINALS.setdefault("ComposedTransformation", composed.ComposedTransformation.apply)
+    ORIGINALS.setdefault("ComposedTransformation", composed.ComposedTransformation.apply)
     composed.ComposedTransformation.apply = _composed_apply
+
+
+def _array2hexstring(array, dtype, pad_to_nbits, prefix="0x", reverse=False):
+    """finn's array2hexstring for integer and bipolar datatypes, the bits packed by NumPy instead of a
+    BitArray appended per element; other datatypes, and widths that are no whole hex digits, go to FINN's."""
+    import numpy as np
+    from qonnx.core.datatype import BipolarType, DataType, IntType
+
+    def finns():
+        return ORIGINALS["array2hexstring"](array, dtype, pad_to_nbits, prefix=prefix, reverse=reverse)
+
+    pad = max(pad_to_nbits, 4)
+    fast = (type(dtype) is IntType and dtype.bitwidth() <= 62) or type(dtype) is BipolarType
+    if not fast or pad % 4:
+        return finns()
+    row, dt = array, dtype
+    if type(row) is not np.ndarray or row.dtype != np.float32:
+        row = np.asarray(row, dtype=np.float32)
+    assert row.ndim == 1, "The given array is not one-dimensional."
+    if type(dt) is BipolarType:
+        row, dt = (row + 1) / 2, DataType["BINARY"]
+    if reverse:
+        row = np.flip(row, -1)
+    # a value FINN refuses (float32 may also round past the range): its own error, in its order
+    if not np.all(dt.allowed(row)):
+        return finns()
+    values = row.astype(np.int64)
+    if values.size and (values.min() < dt.min() or values.max() > dt.max()):
+        return finns()
+    bw = dt.bitwidth()
+    if len(values) * bw > pad:
+        raise Exception("Number of bits is greater than pad_to_nbits")
+    # element 0 most significant, each two's complement at bw bits, zeros in front up to pad (+4 to whole bytes)
+    values &= (1 << bw) - 1
+    bits = ((values[:, None] >> np.arange(bw - 1, -1, -1, dtype=np.int64)) & 1).astype(np.uint8).reshape(-1)
+    lead = pad - len(bits) + pad % 8
+    digits = np.packbits(np.concatenate([np.zeros(lead, np.uint8), bits])).tobytes().hex()
+    return prefix + digits[(pad % 8) // 4:]
+
+
+def speed_up_finn_packing() -> None:
+    """FINN's weight and threshold files are packed row by row with array2hexstring (`pack_innermost_dim_as_hex_string`
+    looks it up at every call), a BitArray append per element: most of hw_codegen. Same strings (tested)."""
+    import finn.util.data_packing as data_packing
+
+    ORIGINALS.setdefault("array2hexstring", data_packing.array2hexstring)
+    data_packing.array2hexstring = _array2hexstring
 
 
 def set_finn_build_dir(path: str | os.PathLike) -> Path:

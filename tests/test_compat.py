@@ -7,6 +7,8 @@ import random
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from qonnx.core.modelwrapper import ModelWrapper
 
 from bnnflow import compat
@@ -37,7 +39,7 @@ def test_linear_time_qonnx_passes_match_the_originals(finn_graphs, cls_name):
     import qonnx.transformation.general as general
 
     cls = getattr(general, cls_name)
-    original = compat.QONNX_ORIGINALS[cls_name]
+    original = compat.ORIGINALS[cls_name]
     for model in finn_graphs:
         # shuffle the node order so SortGraph has work to do
         shuffled = copy.deepcopy(model)
@@ -48,7 +50,7 @@ def test_linear_time_qonnx_passes_match_the_originals(finn_graphs, cls_name):
         if cls_name == "GiveReadableTensorNames":
             # the original calls GiveUniqueTensorNames, which must be the original too
             saved = general.GiveUniqueTensorNames.apply
-            general.GiveUniqueTensorNames.apply = compat.QONNX_ORIGINALS["GiveUniqueTensorNames"]
+            general.GiveUniqueTensorNames.apply = compat.ORIGINALS["GiveUniqueTensorNames"]
             try:
                 slow, _ = original(cls(), copy.deepcopy(shuffled))
             finally:
@@ -76,7 +78,7 @@ def test_linear_time_parameter_uniquing_matches_the_original(finn_graphs):
         random.seed(0)  # the copies get random names (qonnx's make_new_valueinfo_name)
         fast, _ = cls.apply(cls(), copy.deepcopy(shared))
         random.seed(0)
-        slow, _ = compat.QONNX_ORIGINALS[cls.__name__](cls(), copy.deepcopy(shared))
+        slow, _ = compat.ORIGINALS[cls.__name__](cls(), copy.deepcopy(shared))
         assert fast.model == slow.model
         assert len(fast.graph.initializer) > len(shared.graph.initializer)  # copies were made
 
@@ -84,7 +86,7 @@ def test_linear_time_parameter_uniquing_matches_the_original(finn_graphs):
 def test_linear_time_shape_check_matches_the_original(finn_graphs):
     """ModelWrapper's shape check: same answer and same value infos added, with and without the fix for
     initializers, on a tensor without a shape, and the same assertion on a duplicated value info."""
-    original = compat.QONNX_ORIGINALS["check_all_tensor_shapes_specified"]
+    original = compat.ORIGINALS["check_all_tensor_shapes_specified"]
     for model in finn_graphs:
         bare = copy.deepcopy(model.model)
         init_names = {i.name for i in bare.graph.initializer}
@@ -114,7 +116,7 @@ def test_indexed_datatype_inference_matches_the_original(finn_graphs):
     qonnx's own error on a tensor annotated twice."""
     from qonnx.transformation.infer_datatypes import InferDataTypes
 
-    original = compat.QONNX_ORIGINALS["InferDataTypes"]
+    original = compat.ORIGINALS["InferDataTypes"]
     for model in finn_graphs:
         annotated = model.transform(InferDataTypes())
         anns = list(annotated.graph.quantization_annotation)
@@ -141,13 +143,53 @@ def test_composed_transformation_without_idle_cleanups_matches_the_original(finn
     for model in finn_graphs[:1]:  # the residual graph; stock StreamlinePlus is slow, one model is enough
         model = model.transform(AbsorbScalarBiasIntoMultiThreshold())
         fast = model.transform(StreamlinePlus())
-        composed.ComposedTransformation.apply = compat.QONNX_ORIGINALS["ComposedTransformation"]
+        composed.ComposedTransformation.apply = compat.ORIGINALS["ComposedTransformation"]
         try:
             slow = model.transform(StreamlinePlus())
         finally:
             composed.ComposedTransformation.apply = compat._composed_apply
         assert fast.model.SerializeToString() == slow.model.SerializeToString()
         assert len(fast.graph.node) < len(model.graph.node)  # streamlining did something
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), name=st.sampled_from(["BINARY", "BIPOLAR", "INT2", "UINT3", "INT8", "UINT16", "INT31", "INT62",
+                                             "UINT62", "TERNARY", "FLOAT32", "FIXED<8,4>"]),
+       rows=st.integers(1, 4), n=st.integers(0, 40), extra=st.integers(-8, 12), reverse=st.booleans(),
+       prefix=st.sampled_from(["0x", ""]), bad=st.booleans())
+def test_fast_hex_packing_matches_finns(data, name, rows, n, extra, reverse, prefix, bad):
+    """FINN's weight/threshold file packing (pack_innermost_dim_as_hex_string, which calls array2hexstring):
+    the same strings, or the same exception, for any datatype, width, padding, order and prefix."""
+    import numpy as np
+    from finn.util.data_packing import pack_innermost_dim_as_hex_string
+    from qonnx.core.datatype import DataType
+
+    import finn.util.data_packing as data_packing
+
+    dt = DataType[name]
+    if dt.is_integer():
+        lo, hi = int(dt.min()), int(dt.max())
+        x = np.array(data.draw(st.lists(st.integers(lo, hi), min_size=rows * n, max_size=rows * n)), np.float32)
+    else:
+        x = np.array(data.draw(st.lists(st.integers(-8, 7), min_size=rows * n, max_size=rows * n)), np.float32) / 2
+    if bad and x.size:
+        x[data.draw(st.integers(0, x.size - 1))] = 0.5 if dt.is_integer() else 1e9
+    x = x.reshape(rows, n)
+    pad = n * dt.bitwidth() + extra  # too narrow, not a whole hex digit, or wider than needed
+
+    def pack():
+        try:
+            return pack_innermost_dim_as_hex_string(x, dt, pad, reverse_inner=reverse, prefix=prefix).tolist()
+        except Exception as e:  # noqa: BLE001 (the same failure is part of the contract)
+            return type(e), str(e)
+
+    fast = pack()
+    data_packing.array2hexstring = compat.ORIGINALS["array2hexstring"]
+    try:
+        slow = pack()
+    finally:
+        data_packing.array2hexstring = compat._array2hexstring
+    assert fast == slow
 
 
 def test_xnor_accumulator_bits():
