@@ -280,7 +280,7 @@ ORIGINALS: dict = {}  # the replaced qonnx/FINN functions, kept for the equivale
 
 
 def speed_up_qonnx() -> None:
-    """Linear-time renaming and sorting for qonnx (same results, see module docstring)."""
+    """Linear-time versions of qonnx's quadratic passes and lookups (same results, see module docstring)."""
     import qonnx.transformation.composed as composed
     import qonnx.transformation.general as general
     import qonnx.transformation.infer_datatypes as infer_datatypes
