@@ -14,8 +14,9 @@ build: setup
 	$(VENV)/bin/bnnflow build $(MODEL) --board $(BOARD) --force; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ]
 
 # Four pytest sessions side by side, each in its own temp folder, so both cores stay busy: the Docker
-# image build (tests/test_docker.py: downloads and podman I/O; the sweeps' Dask clusters run beside it,
-# marker beside_image, to use the cores it leaves idle), `verify --sim` of the three default models
+# image build (tests/test_docker.py: downloads and podman I/O; the sweeps' Dask clusters and the DDP,
+# GPU-job and distillation runs go beside it, marker beside_image, to use the cores it leaves idle; that
+# session ended minutes before the others), `verify --sim` of the three default models
 # (tests/test_sim_defaults.py: g++/Verilator compiles, cached across runs by ccache in
 # $$BNNFLOW_CCACHE_DIR) with the folding/FIFO tests that share their builds (marker simdefaults, added
 # by tests/conftest.py), the tests that need no shared build (training, user networks, sweeps, ...), and in

@@ -13,6 +13,8 @@ import torch
 from bnnflow.cli import main
 from bnnflow.models.checkpoint import read_checkpoint
 
+pytestmark = pytest.mark.beside_image  # `make test`: in the Docker image's session (Makefile)
+
 # a few steps of the tiny CNV (4 steps of a global batch of 32); SGD, because Adam's first steps move
 # every weight by +-lr whatever the gradient's size, so a float-rounding difference in a near-zero
 # gradient would flip a whole step, where SGD's step stays proportional to it

@@ -18,6 +18,8 @@ from bnnflow.models.distill import calibrated_scale, distillation_loss
 
 from conftest import one_sentence
 
+pytestmark = pytest.mark.beside_image  # `make test`: in the Docker image's session (Makefile)
+
 RUN = ["train", "cnv", "--variant", "tiny", "--subset", "64", "--val-size", "64", "--test-subset", "64",
        "--batch-size", "32", "--threads", "2", "--no-progress", "--no-compile", "--epochs", "2", "--seed", "4"]
 

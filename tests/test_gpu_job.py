@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from bnnflow.models import gpu_job
 
 from conftest import shared_npz
+
+pytestmark = pytest.mark.beside_image  # `make test`: in the Docker image's session (Makefile)
 
 
 def test_gpu_job_in_miniature(tmp_path, cifar_test):
