@@ -160,11 +160,9 @@ def test_composed_transformation_without_idle_cleanups_matches_the_original(finn
 def test_fast_hex_packing_matches_finns(data, name, rows, n, extra, reverse, prefix, bad):
     """FINN's weight/threshold file packing (pack_innermost_dim_as_hex_string, which calls array2hexstring):
     the same strings, or the same exception, for any datatype, width, padding, order and prefix."""
-    import numpy as np
-    from finn.util.data_packing import pack_innermost_dim_as_hex_string
-    from qonnx.core.datatype import DataType
-
     import finn.util.data_packing as data_packing
+    import numpy as np
+    from qonnx.core.datatype import DataType
 
     dt = DataType[name]
     if dt.is_integer():
@@ -179,7 +177,8 @@ def test_fast_hex_packing_matches_finns(data, name, rows, n, extra, reverse, pre
 
     def pack():
         try:
-            return pack_innermost_dim_as_hex_string(x, dt, pad, reverse_inner=reverse, prefix=prefix).tolist()
+            packed = data_packing.pack_innermost_dim_as_hex_string(x, dt, pad, reverse_inner=reverse, prefix=prefix)
+            return packed.tolist()
         except Exception as e:  # noqa: BLE001 (the same failure is part of the contract)
             return type(e), str(e)
 
