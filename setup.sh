@@ -7,10 +7,10 @@
 # torch 2.13.0 is the CPU build (PyTorch's CPU index or a local wheel); the CUDA build pip would pick for
 # finn-plus alone makes a ~6 GB venv instead of ~1.6 GB.
 # --deps-only: the locked packages without bnnflow itself (docker/Dockerfile's dependency layer).
-# Every installed module is byte-compiled ahead, as pip does, but on every core (compileall -j 0) instead
-# of pip's one file after another. Not leaving it to the first import: where PYTHONDONTWRITEBYTECODE is set
-# (many CI machines and containers, this one too) nothing would keep that compile, and every process would
-# compile torch and FINN anew (~6 CPU-seconds each here).
+# Every installed module (but the packages' own tests) is byte-compiled ahead, as pip does, but on every
+# core (compileall -j 0) instead of pip's one file after another. Not leaving it to the first import:
+# where PYTHONDONTWRITEBYTECODE is set (many CI machines and containers, this one too) nothing would keep
+# that compile, and every process would compile torch and FINN anew (~6 CPU-seconds each here).
 set -euo pipefail
 DEPS_ONLY=0
 case "${1:-}" in
@@ -33,16 +33,35 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c '
   exit 0
 fi
 start=$(date +%s)
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+fresh=0
+[ -x "$VENV/bin/python" ] || { "$PY" -m venv "$VENV"; fresh=1; }
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 # torch==2.13.0: a local CPU wheel where pip's config finds one; elsewhere set
 # BNNFLOW_TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU build (PyPI's default is the CUDA build).
 EXTRA=()
 [ -n "${BNNFLOW_TORCH_INDEX:-}" ] && EXTRA=(--extra-index-url "$BNNFLOW_TORCH_INDEX")
-"${PIP[@]}" install --no-deps --no-compile "${EXTRA[@]}" -r requirements/runtime.lock -r requirements/test.lock \
-  2> >(grep -v "is ignored: it is neither" >&2)
-# like pip, skip the files that are not Python 3.11 (torch ships a 3.12-only test helper)
-"$VENV/bin/python" -W ignore -m compileall -qq -j 0 "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" || true
+install=("${PIP[@]}" install --no-deps --no-compile "${EXTRA[@]}")
+if [ "$fresh" = 1 ]; then
+  # A new venv: two pips side by side, each with half the pins, into staging prefixes that then merge by
+  # hard links (same layout, so the RECORD files stay right). Most of pip's time is reading the index
+  # pages one after another, so the second core halves it. An existing venv takes the one-pip path below,
+  # which also removes the versions a changed lock replaces.
+  grep -hv '^[[:space:]]*\(#\|$\)' requirements/runtime.lock requirements/test.lock | awk -v d="$VENV" '{print > (d "/.pins" NR % 2)}'
+  pids=()
+  for half in 0 1; do
+    "${install[@]}" --no-warn-script-location --prefix "$VENV/.stage$half" -r "$VENV/.pins$half" \
+      2> >(grep -v "is ignored: it is neither" >&2) &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+  cp -al "$VENV/.stage0/." "$VENV/.stage1/." "$VENV/"
+  rm -rf "$VENV/.stage0" "$VENV/.stage1" "$VENV/.pins0" "$VENV/.pins1"
+else
+  "${install[@]}" -r requirements/runtime.lock -r requirements/test.lock 2> >(grep -v "is ignored: it is neither" >&2)
+fi
+# like pip, skip the files that are not Python 3.11 (torch ships a 3.12-only test helper), and the
+# packages' own test suites, which nothing here imports
+"$VENV/bin/python" -W ignore -m compileall -qq -j 0 -x 'site-packages/.*/tests?/' "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" || true
 if [ "$DEPS_ONLY" = 1 ]; then
   "$VENV/bin/python" -c 'import finn, brevitas, qonnx'
   echo "setup.sh: dependencies in $VENV ready in $(( $(date +%s) - start )) s."
