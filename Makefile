@@ -24,12 +24,15 @@ build: setup
 # beside_builds (the fast engine's training tests, there so the sessions end together). Each prints its
 # slowest tests; the side sessions' reports follow the front one's, then the tests that cost the most CPU
 # seconds in all sessions together (tests/conftest.py, BNNFLOW_TEST_CPU): what CI time is made of.
+# OMP_WAIT_POLICY=PASSIVE: four sessions share two cores, and torch's OpenMP threads would otherwise spin
+# after every parallel region on a core another session is waiting for.
 BESIDE_MARKS := image or beside_image|simdefaults|not image and not beside_image and not simdefaults and not shared_builds and not beside_builds
 FRONT        := not image and not beside_image and not simdefaults and (shared_builds or beside_builds)
 PYTEST       := $(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15
 
 test: setup
-	@dir=$$(mktemp -d); mkdir "$$dir/cpu"; export BNNFLOW_TEST_CPU="$$dir/cpu"; pids=""; i=0; marks='$(BESIDE_MARKS)'; \
+	@dir=$$(mktemp -d); mkdir "$$dir/cpu"; export BNNFLOW_TEST_CPU="$$dir/cpu" OMP_WAIT_POLICY=PASSIVE; \
+	pids=""; i=0; marks='$(BESIDE_MARKS)'; \
 	IFS='|'; for m in $$marks; do \
 	  i=$$((i+1)); mkdir "$$dir/$$i"; echo "$$m" > "$$dir/$$i.mark"; \
 	  $(PYTEST) --basetemp="$$dir/$$i/tmp" -m "$$m" >"$$dir/$$i.log" 2>&1 & \

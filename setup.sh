@@ -46,7 +46,8 @@ if [ "$fresh" = 1 ]; then
   # hard links (same layout, so the RECORD files stay right). Most of pip's time is reading the index
   # pages one after another, so the second core halves it. An existing venv takes the one-pip path below,
   # which also removes the versions a changed lock replaces.
-  grep -hv '^[[:space:]]*\(#\|$\)' requirements/runtime.lock requirements/test.lock | awk -v d="$VENV" '{print > (d "/.pins" NR % 2)}'
+  grep -hv '^[[:space:]]*\(#\|$\)' requirements/runtime.lock requirements/test.lock |
+    awk -v d="$VENV" '{print > (d "/.pins" NR % 2)}'
   pids=()
   for half in 0 1; do
     "${install[@]}" --no-warn-script-location --prefix "$VENV/.stage$half" -r "$VENV/.pins$half" \
