@@ -285,8 +285,8 @@ def test_failed_and_lost_points_are_reported(stand_in_tasks, tmp_path, task, sta
 # ------------------------------------------------------------------ a real sweep of tiny designs
 
 
-# the third point differs by board only (another folder and key, the same part): three CNV builds are
-# ~20 CPU-s cheaper than two and a ResNetE, which many other tests build
+# the third point differs by board only (another folder and key, the same part): three CNV builds cost ~35
+# CPU-s less, sequential and spread runs together, than two and a ResNetE, which other tests build
 TINY_POINTS = [("cnv", "fps:1000", "pynq-z2"), ("cnv", "fps:4000", "pynq-z2"), ("cnv", "fps:1000", "pynq-z1")]
 FIGURES = ("fits", "fps", "latency_ms", "sim_fps", "sim_latency_ms", "LUT", "BRAM_18K", "DSP", "binary_macs")
 
