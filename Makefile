@@ -14,16 +14,16 @@ build: setup
 	$(VENV)/bin/bnnflow build $(MODEL) --board $(BOARD) --force; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ]
 
 # Four pytest sessions side by side, each in its own temp folder, so both cores stay busy: the Docker
-# image build (tests/test_docker.py: downloads and podman I/O; the sweeps' Dask clusters and the DDP,
-# GPU-job and distillation runs go beside it, marker beside_image, to use the cores it leaves idle; that
-# session ended minutes before the others), `verify --sim` of the three default models
-# (tests/test_sim_defaults.py: g++/Verilator compiles, cached across runs by ccache in
-# $$BNNFLOW_CCACHE_DIR) with the folding/FIFO tests that share their builds (marker simdefaults, added
-# by tests/conftest.py), the tests that need no shared build (training, user networks, sweeps, ...), and in
-# front the tests on the session-wide tiny/default builds (tests/conftest.py; built once) with those marked
-# beside_builds (the fast engine's training tests, there so the sessions end together). Each prints its
-# slowest tests; the side sessions' reports follow the front one's, then the tests that cost the most CPU
-# seconds in all sessions together (tests/conftest.py, BNNFLOW_TEST_CPU): what CI time is made of.
+# image build (tests/test_docker.py: downloads and podman I/O; the sweeps' Dask clusters, the DDP,
+# GPU-job and distillation runs, the tie guard's and the user networks' training tests go beside it, marker
+# beside_image, to use the cores it leaves idle; that session ended minutes before the others), `verify
+# --sim` of the three default models (tests/test_sim_defaults.py: g++/Verilator compiles, cached across
+# runs by ccache in $$BNNFLOW_CCACHE_DIR) with the folding/FIFO tests that share their builds (marker
+# simdefaults, added by tests/conftest.py), the tests that need no shared build (training, user networks,
+# ...), and in front the tests on the session-wide tiny/default builds (tests/conftest.py; built once) with
+# those marked beside_builds (the fast engine's training tests, there so the sessions end together). Each
+# prints its slowest tests; the side sessions' reports follow the front one's, then the tests that cost the
+# most CPU seconds in all sessions together (tests/conftest.py, BNNFLOW_TEST_CPU): what CI time is made of.
 # OMP_WAIT_POLICY=PASSIVE: four sessions share two cores, and torch's OpenMP threads would otherwise spin
 # after every parallel region on a core another session is waiting for.
 BESIDE_MARKS := image or beside_image|simdefaults|not image and not beside_image and not simdefaults and not shared_builds and not beside_builds

@@ -10,6 +10,8 @@ from bnnflow.models import tie_guard
 from bnnflow.models.checkpoint import calibrate
 from bnnflow.models.zoo import build_model
 
+pytestmark = pytest.mark.beside_image  # `make test`: in the Docker image's session (Makefile)
+
 
 def _sites(net):
     """(bn, a, b, boundaries) per batch norm: y = a * acc + b, quantizer boundaries on y."""

@@ -22,6 +22,8 @@ from bnnflow.models.checkpoint import load_checkpoint, read_checkpoint
 from conftest import REPO, one_sentence
 from user_nets.outside import FC_ARGS, FC_REF
 
+pytestmark = pytest.mark.beside_image  # `make test`: in the Docker image's session (Makefile)
+
 TINY = f"{REPO / 'tests' / 'user_nets' / 'tiny_bnn.py'}:TinyBNN"
 SMALL = ["--subset", "256", "--val-size", "128", "--test-subset", "200", "--batch-size", "64", "--threads", "2",
          "--no-progress"]
