@@ -41,6 +41,8 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 EXTRA=()
 [ -n "${BNNFLOW_TORCH_INDEX:-}" ] && EXTRA=(--extra-index-url "$BNNFLOW_TORCH_INDEX")
 install=("${PIP[@]}" install --no-deps --no-compile "${EXTRA[@]}")
+# pip warns on every call about the extra index folders a machine lacks; its other messages stay
+pip_quiet() { "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 if [ "$fresh" = 1 ]; then
   # A new venv: two pips side by side, each with half the pins, into staging prefixes that then merge by
   # hard links (same layout, so the RECORD files stay right). Most of pip's time is reading the index
@@ -50,15 +52,16 @@ if [ "$fresh" = 1 ]; then
     awk -v d="$VENV" '{print > (d "/.pins" NR % 2)}'
   pids=()
   for half in 0 1; do
-    "${install[@]}" --no-warn-script-location --prefix "$VENV/.stage$half" -r "$VENV/.pins$half" \
-      2> >(grep -v "is ignored: it is neither" >&2) &
+    pip_quiet "${install[@]}" --no-warn-script-location --prefix "$VENV/.stage$half" -r "$VENV/.pins$half" &
     pids+=($!)
   done
-  for pid in "${pids[@]}"; do wait "$pid"; done
-  cp -al "$VENV/.stage0/." "$VENV/.stage1/." "$VENV/"
+  failed=0  # wait for both halves before cleaning up, so a failing one does not leave the other writing
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  [ "$failed" = 0 ] && cp -al "$VENV/.stage0/." "$VENV/.stage1/." "$VENV/"
   rm -rf "$VENV/.stage0" "$VENV/.stage1" "$VENV/.pins0" "$VENV/.pins1"
+  [ "$failed" = 0 ] || { echo "setup.sh: pip could not install the pinned packages (its message is above)." >&2; exit 1; }
 else
-  "${install[@]}" -r requirements/runtime.lock -r requirements/test.lock 2> >(grep -v "is ignored: it is neither" >&2)
+  pip_quiet "${install[@]}" -r requirements/runtime.lock -r requirements/test.lock
 fi
 # like pip, skip the files that are not Python 3.11 (torch ships a 3.12-only test helper), and the
 # packages' own test suites, which nothing here imports
@@ -68,7 +71,7 @@ if [ "$DEPS_ONLY" = 1 ]; then
   echo "setup.sh: dependencies in $VENV ready in $(( $(date +%s) - start )) s."
   exit 0
 fi
-"${PIP[@]}" install --no-deps --no-build-isolation -e . 2> >(grep -v "is ignored: it is neither" >&2)
+pip_quiet "${PIP[@]}" install --no-deps --no-build-isolation -e .
 "$VENV/bin/python" -c 'import bnnflow.compat, finn, brevitas, qonnx' 
 echo "$want" > "$STAMP"
 echo "setup.sh: $VENV ready in $(( $(date +%s) - start )) s ($(du -sh "$VENV" | cut -f1))."
