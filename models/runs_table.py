@@ -4,26 +4,32 @@ One row per run folder: what differs from the default recipe, epochs done of tho
 CPU-hours (wall seconds of the logged epochs' training steps x their torch threads, plus a teacher's
 labelling), and the top-1 of the epoch
 best.pt holds, selected on the held-out validation split, with its test top-1 beside it.
-Test top-1 is reported, never used to choose.
+Test top-1 is reported, never used to choose.  The last column is issue 9's flattening test: how
+many points the best validation top-1 gained over the last 15 % of the logged epochs (a finished
+run has flattened under 0.3).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from bnnflow.errors import BnnflowError
 
 DEFAULT_GLOB = "models/runs/*"
+LATE_SHARE = 0.15  # "the last 15 % of a schedule" (issue 9's flattening test)
 
 
 def add_runs_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "runs", help="table of training runs: recipe, epochs, CPU-hours, validation and test top-1",
+        "runs", help="table of training runs: recipe, epochs, CPU-hours, validation and test top-1, late gain",
         description="Reads run folders written by 'bnnflow train' (log.json, run.json) and prints one markdown "
                     "row per run: the recipe options that differ from the defaults, epochs, CPU-hours and the "
-                    "top-1 of the checkpoint selected on the validation split.")
+                    "top-1 of the checkpoint selected on the validation split, and how many points the best "
+                    "validation top-1 gained over the last 15 % of the epochs (under 0.3 on a finished run: "
+                    "its curve has flattened).")
     p.add_argument("folders", nargs="*", type=Path, help=f"run folders; default: {DEFAULT_GLOB}")
     p.add_argument("--out", type=Path, help="also write the table (markdown) to this file")
     return p
@@ -72,17 +78,29 @@ def run_row(folder: Path) -> dict:
             "cpu_hours": (sum(r["seconds"] * r.get("threads", threads) for r in history)
                           + run.get("teacher", {}).get("seconds_all_starts", 0.0) * threads) / 3600,
             "best_epoch": best["epoch"], "val_top1": best.get("val_top1"), "test_top1": best["test_top1"],
-            "status": run.get("status", "?")}
+            "late_gain": late_gain(history), "status": run.get("status", "?")}
+
+
+def late_gain(history: list[dict]) -> float | None:
+    """Points the best validation top-1 rose over the last 15 % of the logged epochs (at least one);
+    None without a validation split or before there is an earlier epoch to compare with."""
+    vals = [r.get("val_top1") for r in history]
+    late = math.ceil(LATE_SHARE * len(vals))
+    if None in vals or len(vals) <= late:
+        return None
+    return 100 * (max(vals) - max(vals[:-late]))
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| run | model | recipe | engine | epochs | CPU-hours | best.pt epoch | val top-1 | test top-1 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | model | recipe | engine | epochs | CPU-hours | best.pt epoch | val top-1 | test top-1 "
+             "| val gain, last 15 % |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         val = f"{100 * r['val_top1']:.2f} %" if r["val_top1"] is not None else "(no split)"
         hours = f"{r['cpu_hours']:.{2 if r['cpu_hours'] < 1 else 1}f}"
+        gain = "–" if r["late_gain"] is None else f"{r['late_gain']:+.2f} points"
         lines.append(f"| {r['run']} | {r['model']} | {r['recipe']} | {r['engine']} | {r['epochs']} | {hours} | "
-                     f"{r['best_epoch']} | {val} | {100 * r['test_top1']:.2f} % |")
+                     f"{r['best_epoch']} | {val} | {100 * r['test_top1']:.2f} % | {gain} |")
     return "\n".join(lines)
 
 

@@ -465,3 +465,19 @@ def test_runs_table_counts_each_epochs_threads_and_the_teachers_labelling(tmp_pa
     row = run_row(tmp_path)
     assert row["cpu_hours"] == pytest.approx((3600 * 2 + 1800 * 1 + 900 * 2) / 3600)
     assert row["recipe"] == f"teacher={Path('models') / 'checkpoints' / 'resnete-default.pt'}"
+
+
+def test_runs_table_late_gain_is_the_best_validation_rise_over_the_last_15_percent():
+    """Issue 9's flattening test: 20 epochs -> the last 3; no split or too few epochs -> no figure."""
+    from bnnflow.models.runs_table import late_gain, table
+
+    vals = [0.5 + 0.01 * e for e in range(17)] + [0.60, 0.672, 0.655]  # best before the last 3: 0.66
+    history = [{"epoch": e + 1, "val_top1": v, "test_top1": v} for e, v in enumerate(vals)]
+    assert late_gain(history) == pytest.approx(1.2)
+    assert late_gain(history[:17] + [dict(history[17], val_top1=0.3)] * 3) == 0.0  # a late drop is no gain
+    assert late_gain([{"epoch": 1, "val_top1": 0.5}]) is None
+    assert late_gain([dict(r, val_top1=None) for r in history]) is None
+    row = {"run": "r", "model": "cnv/default", "recipe": "plain", "engine": "fast", "epochs": "20/20",
+           "cpu_hours": 1.0, "best_epoch": 19, "val_top1": 0.672, "test_top1": 0.66, "late_gain": 1.2}
+    assert table([row]).splitlines()[2].endswith("| 66.00 % | +1.20 points |")
+    assert table([dict(row, late_gain=None)]).splitlines()[2].endswith("| 66.00 % | – |")
