@@ -8,6 +8,7 @@ folder is only continued (--resume) or replaced (--force), never mixed into.
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +18,7 @@ from bnnflow.errors import BnnflowError
 from .train_config import DEFAULT_LR, ENGINE_KEYS, FIXED_ON_RESUME, TrainConfig, check_config
 
 TEACHER_LOGITS = "teacher_logits.pt"  # --teacher: its logits of the training images, read back on --resume
+LATE_SHARE = 0.15  # issue 9's flattening test: what the best validation top-1 gains over the last 15 % of a run
 RUN_FILES = ("last.pt", "best.pt", "log.csv", "log.json", "curve.png", "run.json", TEACHER_LOGITS)
 # seconds: the epoch's training steps; eval_seconds: its validation and test passes (logged since epoch 70 of
 # the long run), so what --test-eval saves can be read from the log
@@ -111,6 +113,16 @@ def selected_row(history: list[dict]) -> dict:
         top = max(r["val_top1"] for r in history)
         return next(r for r in history if r["val_top1"] == top)
     return history[-1]
+
+
+def late_gain(history: list[dict]) -> float | None:
+    """Points the best validation top-1 rose over the last 15 % of the logged epochs (at least one; a
+    finished run has flattened under 0.3); None without a validation split or an earlier epoch to compare."""
+    vals = [r.get("val_top1") for r in history]
+    late = math.ceil(LATE_SHARE * len(vals))
+    if None in vals or len(vals) <= late:
+        return None
+    return 100 * (max(vals) - max(vals[:-late]))
 
 
 def write_logs(out: Path, history: list[dict], title: str) -> None:

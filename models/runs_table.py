@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from bnnflow.errors import BnnflowError
 
 DEFAULT_GLOB = "models/runs/*"
-LATE_SHARE = 0.15  # "the last 15 % of a schedule" (issue 9's flattening test)
 
 
 def add_runs_parser(subparsers) -> argparse.ArgumentParser:
@@ -36,7 +34,7 @@ def add_runs_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _recipe_text(config: dict) -> str:
-    from .train import RECIPE_DEFAULTS
+    from .train_config import RECIPE_DEFAULTS
 
     changed = [f"{k}={shown_value(k, v)}" for k, v in config.items()
                if k in RECIPE_DEFAULTS and k not in ("variant", "epochs") and v is not None
@@ -55,7 +53,7 @@ def shown_value(key: str, value):
 def run_row(folder: Path) -> dict:
     from bnnflow.model_ref import network_name
 
-    from .train import _selected_row
+    from .run_folder import late_gain, selected_row
 
     log, info = folder / "log.json", folder / "run.json"
     if not log.is_file() or not info.is_file():
@@ -69,7 +67,7 @@ def run_row(folder: Path) -> dict:
         raise BnnflowError(f"The run in {folder} has no finished epoch yet.")
     cfg = run["config"]
     threads = run.get("threads") or 2
-    best = _selected_row(history)
+    best = selected_row(history)
     engines = sorted({r.get("engine", "brevitas") for r in history})
     return {"run": folder.name, "model": network_name(cfg["model"], cfg["variant"]), "recipe": _recipe_text(cfg),
             "engine": "+".join(engines) if len(engines) == 1 else " then ".join(engines),
@@ -79,16 +77,6 @@ def run_row(folder: Path) -> dict:
                           + run.get("teacher", {}).get("seconds_all_starts", 0.0) * threads) / 3600,
             "best_epoch": best["epoch"], "val_top1": best.get("val_top1"), "test_top1": best["test_top1"],
             "late_gain": late_gain(history), "status": run.get("status", "?")}
-
-
-def late_gain(history: list[dict]) -> float | None:
-    """Points the best validation top-1 rose over the last 15 % of the logged epochs (at least one);
-    None without a validation split or before there is an earlier epoch to compare with."""
-    vals = [r.get("val_top1") for r in history]
-    late = math.ceil(LATE_SHARE * len(vals))
-    if None in vals or len(vals) <= late:
-        return None
-    return 100 * (max(vals) - max(vals[:-late]))
 
 
 def table(rows: list[dict]) -> str:

@@ -49,8 +49,8 @@ from bnnflow.errors import BnnflowError
 from bnnflow.images import CHANNELS, IMAGE_SIZE
 
 # re-exported: callers import these from bnnflow.models.train
-from .run_folder import (LOG_COLUMNS, RUN_FILES, TEACHER_LOGITS, default_out, merge_resume, open_run,  # noqa: F401
-                         plan_run_folder, plot_curve, selected_row, selection_score, write_logs, write_run_json)
+from .run_folder import (LOG_COLUMNS, RUN_FILES, TEACHER_LOGITS, default_out, late_gain, merge_resume,  # noqa: F401
+                         open_run, plan_run_folder, plot_curve, selected_row, selection_score, write_logs, write_run_json)
 from .train_config import (DEFAULT_LR, DEFAULT_PSI_LR, DEFAULT_VAL_SIZE, ENGINE_KEYS, ENGINES,  # noqa: F401
                            EVAL_COMPILE_MIN_IMAGES, FIXED_ON_RESUME, MODELS, OPTIMIZERS, RECIPE_DEFAULTS,
                            TrainConfig, add_train_parser, check_config, config_from_args)
@@ -58,7 +58,6 @@ from .train_data import check_same_data, load_data, to_device_tensors  # noqa: F
 from .train_state import (cpu_copy, quant_stats_state, restore_quant_stats, rng_state, save_best,  # noqa: F401
                           save_last, set_rng_state)
 
-_selected_row = selected_row  # its name before the split (runs_table.py)
 
 
 # ------------------------------------------------------------------------------------ building blocks
@@ -513,6 +512,11 @@ def _finish(run: _Run, console) -> dict:
                       f"{'validation' if best_row.get('val_top1') is not None else 'the last epoch'}), test top-1 "
                       f"{best_row['test_top1']:.2%}; use it with 'bnnflow build {_model_words(cfg)} "
                       f"--checkpoint {out / 'best.pt'}'.")
+        gain = late_gain(history)
+        if gain is not None:
+            console.print(f"Over the last 15 % of its epochs the best validation top-1 rose {gain:.2f} points: "
+                          + ("the curve has flattened." if gain < 0.3 else
+                             "not flattened yet, so a longer schedule (--epochs) would likely gain more."))
     else:
         console.print(f"Stopped after epoch {len(history)} of {cfg.epochs}: continue with "
                       f"'bnnflow train --resume --out {out}'.")

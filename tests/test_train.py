@@ -469,7 +469,8 @@ def test_runs_table_counts_each_epochs_threads_and_the_teachers_labelling(tmp_pa
 
 def test_runs_table_late_gain_is_the_best_validation_rise_over_the_last_15_percent():
     """Issue 9's flattening test: 20 epochs -> the last 3; no split or too few epochs -> no figure."""
-    from bnnflow.models.runs_table import late_gain, table
+    from bnnflow.models.run_folder import late_gain
+    from bnnflow.models.runs_table import table
 
     vals = [0.5 + 0.01 * e for e in range(17)] + [0.60, 0.672, 0.655]  # best before the last 3: 0.66
     history = [{"epoch": e + 1, "val_top1": v, "test_top1": v} for e, v in enumerate(vals)]
@@ -481,3 +482,24 @@ def test_runs_table_late_gain_is_the_best_validation_rise_over_the_last_15_perce
            "cpu_hours": 1.0, "best_epoch": 19, "val_top1": 0.672, "test_top1": 0.66, "late_gain": 1.2}
     assert table([row]).splitlines()[2].endswith("| 66.00 % | +1.20 points |")
     assert table([dict(row, late_gain=None)]).splitlines()[2].endswith("| 66.00 % | – |")
+
+
+def test_a_finished_run_says_whether_its_curve_has_flattened(tmp_path):
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from bnnflow.models.train import TrainConfig, _finish
+
+    def said(vals):
+        history = [{"epoch": e + 1, "val_top1": v, "test_top1": 0.5} for e, v in enumerate(vals)]
+        out = io.StringIO()
+        run = SimpleNamespace(cfg=TrainConfig(model="cnv", variant="tiny", epochs=len(vals)), out=tmp_path,
+                              history=history, main=False)
+        _finish(run, Console(file=out, width=400))
+        return out.getvalue()
+
+    assert "rose 0.10 points: the curve has flattened." in said([0.5] * 5 + [0.7, 0.7, 0.701])  # 8 epochs: the last 2
+    assert "rose 5.00 points: not flattened yet" in said([0.5] * 7 + [0.55])
+    assert "rose" not in said([0.5, None])  # no validation top-1: nothing to judge
