@@ -56,6 +56,8 @@ def run_row(folder: Path) -> dict:
     from .run_folder import late_gain, selected_row
 
     log, info = folder / "log.json", folder / "run.json"
+    if not folder.is_dir():
+        raise BnnflowError(f"{folder} does not exist or is not a folder: pass the folders of 'bnnflow train' runs.")
     if not log.is_file() or not info.is_file():
         raise BnnflowError(f"{folder} is not a run folder of 'bnnflow train' (no log.json and run.json).")
     try:

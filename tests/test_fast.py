@@ -307,3 +307,5 @@ def test_runs_table_reports_the_validation_selected_epoch(fast_runs, capsys, tmp
     assert [row[i] for i in (3, 4, 5, 7, 8, 9)] == [resumed[i] for i in (3, 4, 5, 7, 8, 9)]  # same recipe, result
     assert main(["runs", str(tmp_path)]) != 0
     assert "not a run folder" in capsys.readouterr().err
+    assert main(["runs", str(tmp_path / "missing")]) != 0
+    assert "does not exist" in capsys.readouterr().err
