@@ -149,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.print_help()
         return 1
     try:
+        if getattr(args, "board", None):  # before anything is loaded or said about the weights
+            from bnnflow.hw.boards import get_board
+
+            get_board(args.board)
         _default_checkpoint(args)
         return COMMANDS[args.command](args)
     except BnnflowError as exc:

@@ -41,6 +41,11 @@ def test_user_errors(capsys, argv, needle):
     assert needle in one_sentence(err)
 
 
+def test_unknown_board_is_refused_before_any_weights_are_taken(capsys):
+    code, out, err = run_cli(capsys, "build", "resnete", "--board", "zedboard")
+    assert code != 0 and "Unknown board" in one_sentence(err) and "checkpoint" not in out
+
+
 def test_corrupt_checkpoint(capsys, tmp_path):
     bad = tmp_path / "m.pt"
     bad.write_text("not a checkpoint")
