@@ -68,7 +68,8 @@ def load_checkpoint(path: str | Path, model: str | None = None, variant: str | N
     if model is not None and payload["model"] != model or variant is not None and payload["variant"] != variant:
         raise BnnflowError(
             f"Checkpoint {path} holds {payload['model']}/{payload['variant']}, not {model}/{variant}: "
-            "pass the matching --model/--variant or another checkpoint.")
+            f"name its model and variant ('{payload['model']} --variant {payload['variant']}') or pass another "
+            "checkpoint.")
     if isinstance(payload.get(USER_KEY), dict):  # a user's network: rebuilt from its reference
         from .user_model import network_of
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from bnnflow.cli import main
 
 from conftest import one_sentence
+
+RESNETE_CHECKPOINT = str(Path(__file__).resolve().parents[1] / "models" / "checkpoints" / "resnete-default.pt")
 
 
 def run_cli(capsys, *argv):
@@ -30,6 +33,8 @@ def test_help_is_instant_and_lists_subcommands():
     (["build", "resnete", "--board", "zedboard"], "Unknown board 'zedboard'"),
     (["estimate", "cnv", "--from-step", "nonsense_step", "--build", "/nonexistent/x"], "Unknown build step"),
     (["build", "cnv", "--checkpoint", "/nonexistent/model.pt"], "does not exist"),
+    (["build", "cnv", "--checkpoint", RESNETE_CHECKPOINT, "--build", "/nonexistent/b"],
+     "holds resnete/default, not cnv/default: name its model and variant ('resnete --variant default')"),
     (["build", "cnv", "--folding", "/nonexistent/fold.json"], "Folding config"),
     (["build", "cnv", "--resume", "--build", "/nonexistent/build"], "no build to resume"),
     (["verify", "cnv", "--data", "/nonexistent/cifar"], "/nonexistent/cifar"),
