@@ -3,7 +3,8 @@
 The same flag means the same thing in every command:
   --build DIR     a build folder (built there when it does not hold the build yet)
   --out PATH      the command's own product (a build's folder for build/estimate, the folding
-                  JSON for fold, the package for deploy, the run folder for train, ...)
+                  JSON for fold, the package for deploy, the run folder for train, ...; an existing
+                  one only when it holds what the command writes: outputs.py)
   --lut-max/--bram-max  the budget, wherever fit is judged
 Old spellings stay as hidden aliases for one release. Nothing heavy is imported here, so
 `bnnflow --help` stays instant.

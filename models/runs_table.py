@@ -98,7 +98,9 @@ def cmd_runs(args) -> int:
     from rich.console import Console
 
     from bnnflow.atomic import write_text
+    from bnnflow.outputs import check_out
 
+    check_out(args.out, "runs")
     folders = args.folders or sorted(p for p in Path().glob(DEFAULT_GLOB) if p.is_dir())
     if not folders:
         raise BnnflowError(f"No run folders given and none under {DEFAULT_GLOB}: "

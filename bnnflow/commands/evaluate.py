@@ -127,7 +127,9 @@ def cmd_evaluate(args) -> int:
     from rich.console import Console
 
     from bnnflow.atomic import write_json
+    from bnnflow.outputs import check_out
 
+    check_out(args.out, "evaluation")
     if args.threads is not None:
         if args.threads < 1:
             raise BnnflowError(f"--threads must be at least 1, got {args.threads}.")

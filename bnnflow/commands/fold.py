@@ -35,6 +35,9 @@ def cmd_fold(args) -> int:
     from bnnflow.cli_args import model_words, request_from_args
     from bnnflow.hw.boards import get_board
 
+    from bnnflow.outputs import check_out
+
+    check_out(args.out, "folding")
     console = Console()
     req = request_from_args(args)
     check_model(req)

@@ -135,9 +135,11 @@ def cmd_sweep(args) -> int:
     from bnnflow.build_flows.sweep import folder_name, point_key, run_sweep
     from bnnflow.build_flows.sweep_spec import load_sweep
     from bnnflow.hw.boards import get_board
+    from bnnflow.outputs import check_out
 
     if args.job_script:
         return print_job_script(args)
+    check_out(args.out, "plot")
     spec = spec_from_args(args)
     points = load_sweep(args.file)
     console = Console()

@@ -1,0 +1,73 @@
+"""`--out FILE`: an existing file there is replaced only when it holds what the command writes.
+
+A mistyped --out must not destroy a user's README, notes or checkpoint, while re-running a
+command over its own earlier product (a folding config searched again on new weights) stays one
+command.  Checked before any work, so a refusal costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bnnflow.errors import BnnflowError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RUNS_TABLE_HEAD = "| run | model |"  # models/runs_table.table's first line
+EVALUATION_KEYS = {"checkpoint", "model", "variant", "brevitas_top1"}  # bnnflow evaluate's JSON
+
+
+def _is_png(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+
+
+def _json_object(path: Path):
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _is_folding_config(path: Path) -> bool:
+    config = _json_object(path)
+    return config is not None and all(isinstance(v, dict) for v in config.values())
+
+
+def _is_evaluation(path: Path) -> bool:
+    result = _json_object(path)
+    return result is not None and EVALUATION_KEYS <= result.keys()
+
+
+def _is_runs_table(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(RUNS_TABLE_HEAD)) == RUNS_TABLE_HEAD.encode()
+
+
+# kind -> (what the command writes, in words; whether a file holds it)
+KINDS = {
+    "folding": ("folding config (a JSON object of layer -> attributes)", _is_folding_config),
+    "plot": ("PNG image", _is_png),
+    "evaluation": ("result of 'bnnflow evaluate'", _is_evaluation),
+    "runs": ("table of 'bnnflow runs'", _is_runs_table),
+}
+
+
+def check_out(path: str | Path | None, kind: str) -> None:
+    """One sentence, before any work, if writing `path` would replace something that is not a `kind` file."""
+    if path is None:
+        return
+    path = Path(path)
+    what, holds = KINDS[kind]
+    if path.is_dir():
+        raise BnnflowError(f"--out {path} is a folder: name the {what.split(' (')[0]} file to write.")
+    if not path.exists():
+        return
+    try:
+        ok = holds(path)
+    except OSError as exc:
+        raise BnnflowError(f"--out {path} exists and cannot be read ({exc.strerror or exc}): choose another "
+                           "--out.") from None
+    if not ok:
+        raise BnnflowError(f"{path} already exists and is not a {what}: choose another --out or delete it first.")

@@ -1,0 +1,76 @@
+"""--out FILE replaces only what the command itself writes; anything else is refused before any work."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from bnnflow.cli import main
+from bnnflow.errors import BnnflowError
+from bnnflow.outputs import KINDS, PNG_SIGNATURE, check_out
+
+from conftest import one_sentence
+
+OWN = {  # a file each kind's command wrote
+    "folding": json.dumps({"Defaults": {}, "MVAU_hls_0": {"PE": 2, "SIMD": 4}}).encode(),
+    "plot": PNG_SIGNATURE + b"\x00\x00\x00\rIHDR",
+    "evaluation": json.dumps({"checkpoint": "x.pt", "model": "cnv", "variant": "tiny", "brevitas_top1": 0.5,
+                              "hardware": None, "agree": True}).encode(),
+    "runs": b"| run | model | recipe |\n|---|---|---|\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_own_product_is_replaceable_and_a_readme_is_not(tmp_path, kind):
+    own, readme = tmp_path / "own", tmp_path / "README.md"
+    own.write_bytes(OWN[kind])
+    readme.write_text("# my project\n")
+    check_out(own, kind)
+    check_out(tmp_path / "new", kind)
+    check_out(None, kind)
+    with pytest.raises(BnnflowError) as exc:
+        check_out(readme, kind)
+    assert "already exists and is not a" in one_sentence(exc.value)
+    with pytest.raises(BnnflowError) as exc:
+        check_out(tmp_path, kind)
+    assert "is a folder" in one_sentence(exc.value)
+    assert readme.read_text() == "# my project\n"
+
+
+@settings(max_examples=60, deadline=None)
+@given(content=st.one_of(st.binary(max_size=64), st.text(max_size=64).map(str.encode),
+                         st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                                      lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c,
+                                                                                         max_size=3),
+                                      max_leaves=8).map(lambda v: json.dumps(v).encode())),
+       kind=st.sampled_from(sorted(KINDS)))
+def test_any_existing_file_is_either_accepted_or_refused_in_one_sentence(content, kind):
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "out"
+        path.write_bytes(content)
+        try:
+            check_out(path, kind)
+        except BnnflowError as exc:
+            one_sentence(exc)
+        assert path.read_bytes() == content
+
+
+@pytest.mark.parametrize("argv", [
+    ["fold", "cnv", "--variant", "tiny"],
+    ["evaluate", "CHECKPOINT"],
+    ["runs"],
+    ["benchmark", "--only", "cnv/tiny"],
+])
+def test_commands_refuse_a_foreign_out_before_any_work(capsys, tmp_path, argv):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    argv = [str(tmp_path / "missing.pt") if a == "CHECKPOINT" else a for a in argv]
+    code = main([*argv, "--out", str(notes), *(["--build", str(tmp_path / "b")] if argv[0] != "runs" and
+                                                 argv[0] != "evaluate" else [])])
+    err = capsys.readouterr().err
+    assert code != 0 and "already exists and is not a" in one_sentence(err)
+    assert notes.read_text() == "mine" and not (tmp_path / "b").exists()
