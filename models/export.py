@@ -24,11 +24,25 @@ def export_model(net: nn.Module, path: str | Path) -> Path:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with atomic_path(path) as tmp:
         onnx_tmp = tmp.with_suffix(".onnx")
+        # the dynamo exporter writes the weights beside the file; Brevitas reads them back into it
+        weights_tmp = onnx_tmp.with_name(onnx_tmp.name + ".data")
         try:
             # the dynamo exporter narrates every phase on stdout
             with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
                 export_qonnx(net, input_t=torch.zeros(INPUT_SHAPE), export_path=str(onnx_tmp))
-            onnx_tmp.replace(tmp)
+            _self_contained(onnx_tmp, tmp)
         finally:
             onnx_tmp.unlink(missing_ok=True)
+            weights_tmp.unlink(missing_ok=True)
     return path
+
+
+def _self_contained(exported: Path, target: Path) -> None:
+    """Move the exported file to `target` with every weight inside it, so no side file is left behind."""
+    import onnx
+
+    model = onnx.load(str(exported), load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        onnx.save(onnx.load(str(exported)), str(target))
+    else:
+        exported.replace(target)

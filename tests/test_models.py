@@ -72,6 +72,7 @@ PADS = {"resnete": 6, "densenet": 6, "cnv": 0}  # -1 Pad nodes in the tiny varia
 def test_export_has_quantizers_and_minus_one_pads(model, tmp_path):
     net = build_model(model, "tiny")
     path = export_model(net, tmp_path / "m.onnx")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no exporter side file (weights) left beside it
     graph = onnx.load(path).graph
     ops = {n.op_type for n in graph.node}
     assert "BipolarQuant" in ops
