@@ -47,12 +47,15 @@ def plan_run_folder(cfg: TrainConfig) -> Path:
             raise BnnflowError(f"There is no run to resume in {out} (no last.pt): start it without --resume.")
         return out
     out = Path(cfg.out) if cfg.out else default_out(cfg)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise BnnflowError(f"{out} is a file, not a run folder: choose another --out.")
+    if out.exists() and any(out.iterdir()):
+        if not any((out / f).exists() for f in RUN_FILES):
+            raise BnnflowError(f"{out} is not a bnnflow run folder, so it is neither resumed nor replaced: choose "
+                               "another --out.")
         if not cfg.force:
             raise BnnflowError(f"Run folder {out} already exists: pass --resume to continue it, --force to replace "
                                "it, or --out for a new folder.")
-        if not out.is_dir() or not any((out / f).exists() for f in RUN_FILES):
-            raise BnnflowError(f"{out} is not a bnnflow run folder, so --force will not delete it: choose another --out.")
         shutil.rmtree(out)
     return out
 

@@ -160,6 +160,18 @@ def test_existing_run_folder_is_kept(runs, capsys):
     assert (root / "straight" / "last.pt").read_bytes() == before
 
 
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_a_file_or_foreign_folder_is_never_taken_as_a_run_folder(capsys, tmp_path, force):
+    notes, mine = tmp_path / "notes.md", tmp_path / "mine"
+    notes.write_text("keep")
+    mine.mkdir()
+    (mine / "data.csv").write_text("keep")
+    for out, needle in ((notes, "is a file, not a run folder"), (mine, "is not a bnnflow run folder")):
+        code, _, err = cli(capsys, "train", "cnv", "--variant", "tiny", "--epochs", "1", "--out", out, *force)
+        assert code != 0 and needle in one_sentence(err)
+    assert notes.read_text() == (mine / "data.csv").read_text() == "keep"
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["train", "cnv", "--resume", "--out", "/nonexistent/run"], "no run to resume"),
     (["train", "--epochs", "3"], "Name the model"),
