@@ -195,6 +195,7 @@ def run_build(req: BuildRequest, console: Console | None = None) -> dict:
     board = get_board(req.board)
     board.budget(req.lut_max, req.bram_max)  # validates the limits
     out = Path(req.out or default_build_dir(req.model, req.variant, board.name)).resolve()
+    check_build_folder(out)
     stop = req.stop_after or flow.STEP_NAMES[-1]
     flow.step_index(stop)
     check_target_fps(req.target_fps, board)
@@ -218,6 +219,16 @@ def run_build(req: BuildRequest, console: Console | None = None) -> dict:
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
     return result
+
+
+def check_build_folder(out: Path) -> None:
+    """A --build that is a file, or a folder with files but no build_state.json (every folder bnnflow builds
+    in has one from its start), is the user's: never built into, continued or replaced, --force or not."""
+    if out.exists() and not out.is_dir():
+        raise BnnflowError(f"{out} is a file, not a build folder: choose another --build.")
+    if out.is_dir() and not (out / flow.STATE_FILE).exists() and any(out.iterdir()):
+        raise BnnflowError(f"{out} holds files but is not a bnnflow build folder (no {flow.STATE_FILE}), so it is "
+                           "neither built into nor replaced: choose another --build or an empty folder.")
 
 
 def _set_aside(out: Path) -> Path:
@@ -260,6 +271,8 @@ def _run(req: BuildRequest, console: Console, board: Board, out: Path, fold: Pat
          loaded, start: str, stop: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     state = flow.BuildState(out)
+    if not state.path.exists():
+        state.save()  # marks the folder as a build from its start, so a failed first export can be --forced
     t_start = time.time()
     if start == flow.EXPORT:
         _export(req, console, board, out, state, loaded)
@@ -345,13 +358,14 @@ def ensure_build(req: BuildRequest, until: str, console: Console | None = None,
     board = get_board(req.board)
     flow.step_index(until)
     out = Path(req.out or default_build_dir(req.model, req.variant, board.name)).resolve()
+    check_build_folder(out)
     req = replace(req, out=out, stop_after=until, resume=False, from_step=None)
     state = flow.BuildState(out, strict=not req.force)
     have = saved_identity(state.data) if not req.force else None
     if have is None:
         if out.is_dir() and any(out.iterdir()) and not req.force:
-            raise BnnflowError(f"Build folder {out} is not a bnnflow build: pass --force to replace it, "
-                               "or another --build.")
+            raise BnnflowError(f"Build folder {out} holds a build that never finished its export (or a damaged "
+                               f"{flow.STATE_FILE}): pass --force to replace it, or another --build.")
         return out, False, run_build(replace(req, force=True), console)
     req, _, want = resolve_request(req, board, out, state, continuing=True)
     differ = have.differences(want, BuildIdentity.BEFORE_FOLDING)

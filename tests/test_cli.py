@@ -72,9 +72,25 @@ def test_bad_input_with_force_keeps_the_existing_build(capsys, tmp_path):
         assert code != 0 and precious.read_text() == "{}", one_sentence(err)
 
 
+@pytest.mark.parametrize("argv", [["build", "cnv", "--variant", "tiny", "--force"],
+                                  ["build", "cnv", "--variant", "tiny", "--from-step", "tidy_up"],
+                                  ["fold", "cnv", "--variant", "tiny", "--force"],
+                                  ["verify", "cnv", "--variant", "tiny"]])
+def test_a_users_folder_or_file_is_never_a_build_folder_even_with_force(capsys, tmp_path, argv):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("keep me")
+    code, _, err = run_cli(capsys, *argv, "--build", str(mine))
+    assert code != 0 and "is not a bnnflow build folder" in one_sentence(err)
+    code, _, err = run_cli(capsys, *argv, "--build", str(mine / "thesis.tex"))
+    assert code != 0 and "is a file, not a build folder" in one_sentence(err)
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"] and (mine / "thesis.tex").read_text() == "keep me"
+
+
 def test_existing_build_folder_is_kept_without_force(capsys, tmp_path):
     out = tmp_path / "b"
     out.mkdir()
+    (out / "build_state.json").write_text('{"done": []}')  # a build folder (whose export never finished)
     precious = out / "my_notes.txt"
     precious.write_text("keep me")
     code, _, err = run_cli(capsys, "build", "cnv", "--variant", "tiny", "--build", str(out))
