@@ -47,7 +47,7 @@ def _is_runs_table(path: Path) -> bool:
 
 # kind -> (what the command writes, in words; whether a file holds it)
 KINDS = {
-    "folding": ("folding config (a JSON object of layer -> attributes)", _is_folding_config),
+    "folding": ("folding config", _is_folding_config),
     "plot": ("PNG image", _is_png),
     "evaluation": ("result of 'bnnflow evaluate'", _is_evaluation),
     "runs": ("table of 'bnnflow runs'", _is_runs_table),
@@ -61,7 +61,7 @@ def check_out(path: str | Path | None, kind: str) -> None:
     path = Path(path)
     what, holds = KINDS[kind]
     if path.is_dir():
-        raise BnnflowError(f"--out {path} is a folder: name the {what.split(' (')[0]} file to write.")
+        raise BnnflowError(f"--out {path} is a folder: name a file to write the {what} to.")
     if not path.exists():
         return
     try:
