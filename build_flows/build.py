@@ -206,9 +206,12 @@ def run_build(req: BuildRequest, console: Console | None = None) -> dict:
     start = plan_start(req, out, state, want, console)
     _check_folding_early(req, out, fold, board, start)
     backup = _set_aside(out) if start == flow.EXPORT and out.exists() and any(out.iterdir()) else None
+    new_folder = start == flow.EXPORT and not out.exists()
     try:
         result = _run(req, console, board, out, fold, want, loaded, start, stop)
     except BaseException as exc:
+        if start == flow.EXPORT and not flow.BuildState(out, strict=False).done:
+            _clear(out, remove=new_folder)  # no step finished: nothing to resume, and the same command may run again
         if backup is None:
             raise
         shutil.rmtree(out, ignore_errors=True)  # the new build failed: the old one comes back as it was
@@ -229,6 +232,16 @@ def check_build_folder(out: Path) -> None:
     if out.is_dir() and not (out / flow.STATE_FILE).exists() and any(out.iterdir()):
         raise BnnflowError(f"{out} holds files but is not a bnnflow build folder (no {flow.STATE_FILE}), so it is "
                            "neither built into nor replaced: choose another --build or an empty folder.")
+
+
+def _clear(out: Path, remove: bool) -> None:
+    if not out.is_dir():
+        return
+    if remove:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for path in out.iterdir():  # the user's empty folder stays
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 def _set_aside(out: Path) -> Path:

@@ -87,6 +87,18 @@ def test_a_users_folder_or_file_is_never_a_build_folder_even_with_force(capsys, 
     assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"] and (mine / "thesis.tex").read_text() == "keep me"
 
 
+def test_a_build_that_fails_before_any_step_leaves_nothing_to_force(capsys, tmp_path):
+    """A network whose factory is misspelt: the same command, corrected, runs without --force."""
+    net = tmp_path / "net.py"
+    net.write_text("def net():\n    return None\n")
+    given = tmp_path / "given"
+    given.mkdir()
+    for out in (tmp_path / "new", given):
+        code, _, err = run_cli(capsys, "build", f"{net}:nte", "--build", str(out))
+        assert code != 0 and "has no attribute 'nte'" in one_sentence(err)
+    assert not (tmp_path / "new").exists() and list(given.iterdir()) == []
+
+
 def test_existing_build_folder_is_kept_without_force(capsys, tmp_path):
     out = tmp_path / "b"
     out.mkdir()
