@@ -241,7 +241,10 @@ def _clear(out: Path, remove: bool) -> None:
         shutil.rmtree(out, ignore_errors=True)
         return
     for path in out.iterdir():  # the user's empty folder stays
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink()
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
 
 
 def _set_aside(out: Path) -> Path:
@@ -285,7 +288,7 @@ def _run(req: BuildRequest, console: Console, board: Board, out: Path, fold: Pat
     out.mkdir(parents=True, exist_ok=True)
     state = flow.BuildState(out)
     if not state.path.exists():
-        state.save()  # marks the folder as a build from its start, so a failed first export can be --forced
+        state.save()  # marks the folder as a build from its start (check_build_folder)
     t_start = time.time()
     if start == flow.EXPORT:
         _export(req, console, board, out, state, loaded)
