@@ -31,6 +31,7 @@ def _json_object(path: Path):
 
 
 def _is_folding_config(path: Path) -> bool:
+    # the shape build_flows.folding_check.check_structure demands first; that module imports FINN (seconds)
     config = _json_object(path)
     return config is not None and all(isinstance(v, dict) for v in config.values())
 

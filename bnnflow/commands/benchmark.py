@@ -56,7 +56,6 @@ def cmd_benchmark(args) -> int:
 
     from bnnflow.build_flows.benchmark import markdown_table, plot, run_benchmark, select_designs
     from bnnflow.commands.sweep import Progress, check_failures, print_job_script, spec_from_args
-
     from bnnflow.outputs import check_out
 
     if args.job_script:

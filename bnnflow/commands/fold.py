@@ -34,7 +34,6 @@ def cmd_fold(args) -> int:
     from bnnflow.build_flows.folding import compare_with_target_fps, print_comparison, print_fold
     from bnnflow.cli_args import model_words, request_from_args
     from bnnflow.hw.boards import get_board
-
     from bnnflow.outputs import check_out
 
     check_out(args.out, "folding")
