@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bnnflow.commands import benchmark, build, deploy, evaluate, fold, sweep, train, verify
+from bnnflow.commands import benchmark, build, deploy, evaluate, fold, recalibrate, sweep, train, verify
 from bnnflow.errors import BnnflowError
 
 DESCRIPTION = """\
@@ -26,6 +26,7 @@ Typical use:
   bnnflow deploy cnv --variant tiny      folder + .zip for the board: bitfile, driver, notebook, test images
   bnnflow train resnete --epochs 150     train from scratch on CIFAR-10 (runs/..., --resume continues)
   bnnflow evaluate runs/X/best.pt        test top-1: Brevitas on all 10,000 images, FINN graph image for image
+  bnnflow recalibrate X.pt --out Y.pt    precise batch-norm statistics for a trained checkpoint
   bnnflow runs runs/*                    recipe table of training runs (epochs, CPU-hours, val/test top-1)
   bnnflow sweep points.yaml              a grid of design points on a Dask cluster (local, --scheduler, --cluster slurm)
 """
@@ -44,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
     deploy.add_parsers(sub)
     _light("train_config").add_train_parser(sub)
     evaluate.add_parsers(sub)
+    recalibrate.add_parsers(sub)
     _light("runs_table").add_runs_parser(sub)
     fold.add_parsers(sub)
     benchmark.add_parsers(sub)
@@ -115,8 +117,8 @@ def cmd_runs(args) -> int:
 
 
 COMMANDS = {"models": cmd_models, "boards": cmd_boards, "steps": cmd_steps, "runs": cmd_runs, **train.COMMANDS,
-            **build.COMMANDS, **verify.COMMANDS, **deploy.COMMANDS, **evaluate.COMMANDS, **fold.COMMANDS,
-            **benchmark.COMMANDS, **sweep.COMMANDS}
+            **build.COMMANDS, **verify.COMMANDS, **deploy.COMMANDS, **evaluate.COMMANDS, **recalibrate.COMMANDS,
+            **fold.COMMANDS, **benchmark.COMMANDS, **sweep.COMMANDS}
 
 
 def _default_checkpoint(args) -> None:

@@ -46,12 +46,23 @@ def _is_runs_table(path: Path) -> bool:
         return f.read(len(RUNS_TABLE_HEAD)) == RUNS_TABLE_HEAD.encode()
 
 
+def _is_checkpoint(path: Path) -> bool:
+    from bnnflow.models.checkpoint import read_checkpoint  # torch: only the command that writes one asks
+
+    try:
+        read_checkpoint(path)
+    except BnnflowError:
+        return False
+    return True
+
+
 # kind -> (what the command writes, in words; whether a file holds it)
 KINDS = {
     "folding": ("folding config", _is_folding_config),
     "plot": ("PNG image", _is_png),
     "evaluation": ("result of 'bnnflow evaluate'", _is_evaluation),
     "runs": ("table of 'bnnflow runs'", _is_runs_table),
+    "checkpoint": ("bnnflow checkpoint", _is_checkpoint),
 }
 
 

@@ -62,6 +62,13 @@ def read_checkpoint(path: str | Path) -> dict:
     return payload
 
 
+def refuse_latent_weights(payload: dict, path: str | Path) -> None:
+    """A ReCU/PSI run's last.pt holds the latent weights its training parametrizes, not the network's."""
+    if any(".parametrizations." in k for k in payload["state_dict"]):
+        raise BnnflowError(f"{path} holds ReCU/PSI latent training weights (a last.pt): use the best.pt of the "
+                           "same run, which holds the weights the hardware uses.")
+
+
 def load_checkpoint(path: str | Path, model: str | None = None, variant: str | None = None):
     """Return (net, payload); the model name and variant must match when given."""
     payload = read_checkpoint(path)

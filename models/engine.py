@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import update_bn
 
 from . import fast
 from .distill import distillation_loss
@@ -96,6 +97,20 @@ class Engine:
         for opt in self.opts:
             opt.step()
         return loss.detach(), logits.detach()
+
+    def reestimate_bn(self, batches) -> bool:
+        """Precise batch-norm statistics over `batches` (precise_bn.py) through the fp32 forward that evaluation
+        uses, in training mode. Not while Brevitas still collects activation-scale statistics: its training
+        forward would advance them, and with them the run."""
+        if fast.stats_pending(self.net):
+            return False
+        module = self.net
+        if self.uses_twin():
+            fast.clamp_binary_weights(self._binary)
+            module = self.twin()
+            fast.set_real_weights(module, False)
+        update_bn(batches, module)
+        return True
 
     def eval_forward(self, xb: torch.Tensor) -> torch.Tensor:
         """fp32, eval mode set by the caller: the twin once it exists, else Brevitas. With compile_eval, the

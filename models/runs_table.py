@@ -70,7 +70,9 @@ def run_row(folder: Path) -> dict:
     cfg = run["config"]
     threads = run.get("threads") or 2
     best = selected_row(history)
-    engines = sorted({r.get("engine", "brevitas") for r in history})
+    # in the order first used; +preciseBN: batch norm re-estimated before evaluating (precise_bn.py)
+    engines = list(dict.fromkeys(r.get("engine", "brevitas") + ("+preciseBN" if r.get("bn_images") else "")
+                                 for r in history))
     return {"run": folder.name, "model": network_name(cfg["model"], cfg["variant"]), "recipe": _recipe_text(cfg),
             "engine": "+".join(engines) if len(engines) == 1 else " then ".join(engines),
             "epochs": f"{len(history)}/{cfg['epochs']}",

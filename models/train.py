@@ -51,9 +51,9 @@ from bnnflow.images import CHANNELS, IMAGE_SIZE
 # re-exported: callers import these from bnnflow.models.train
 from .run_folder import (LOG_COLUMNS, RUN_FILES, TEACHER_LOGITS, default_out, late_gain, merge_resume,  # noqa: F401
                          open_run, plan_run_folder, plot_curve, selected_row, selection_score, write_logs, write_run_json)
-from .train_config import (DEFAULT_LR, DEFAULT_PSI_LR, DEFAULT_VAL_SIZE, ENGINE_KEYS, ENGINES,  # noqa: F401
-                           EVAL_COMPILE_MIN_IMAGES, FIXED_ON_RESUME, MODELS, OPTIMIZERS, RECIPE_DEFAULTS,
-                           TrainConfig, add_train_parser, check_config, config_from_args)
+from .train_config import (DEFAULT_BN_IMAGES, DEFAULT_LR, DEFAULT_PSI_LR, DEFAULT_VAL_SIZE,  # noqa: F401
+                           ENGINE_KEYS, ENGINES, EVAL_COMPILE_MIN_IMAGES, FIXED_ON_RESUME, MODELS, OPTIMIZERS,
+                           RECIPE_DEFAULTS, TrainConfig, add_train_parser, check_config, config_from_args)
 from .train_data import check_same_data, load_data, to_device_tensors  # noqa: F401
 from .train_state import (cpu_copy, quant_stats_state, restore_quant_stats, rng_state, save_best,  # noqa: F401
                           save_last, set_rng_state)
@@ -188,7 +188,7 @@ def evaluate_tensors(net, x_uint8, y, logit_scale=None, batch: int = EVAL_BATCH)
     import torch.nn.functional as F
 
     loss_sum, correct, preds = 0.0, 0, []
-    scale = logit_scale.exp() if logit_scale is not None else 1.0
+    scale = logit_scale.detach().exp() if logit_scale is not None else 1.0
     for i, logits in eval_logits(net, x_uint8, batch):
         loss_sum += float(F.cross_entropy(logits * scale, y[i:i + batch], reduction="sum"))
         p = logits.argmax(1)
@@ -445,6 +445,7 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict, float, bool]:
         stats = _train_epoch(engine, x, y, epoch, cfg, run.total_steps, bar, run.soft)
     seconds = time.time() - t0
     t1 = time.time()
+    bn_images = _precise_bn(run)
     val_loss, val_top1, _ = evaluate_tensors(engine, xv, yv, run.logit_scale) if len(xv) else (None, None, None)
     # the test set is only reported, never selects: with --test-eval selected, only for the epochs best.pt takes
     selected = selection_score({"epoch": epoch + 1, "val_top1": val_top1}) > run.best
@@ -455,10 +456,22 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict, float, bool]:
            "lr": stats["lr"], "tau": tau, "seconds": round(seconds, 2),
            "images_per_s": round(stats["seen"] / seconds, 1),
            "engine": cfg.engine + ("+bf16" if engine.bf16 else "") + ("+compile" if engine.compile else ""),
-           "eval_seconds": round(time.time() - t1, 2),
+           "eval_seconds": round(time.time() - t1, 2), "bn_images": bn_images,
            # CPU threads of the epoch, all processes (CPU-hours = seconds x threads; --threads may change on resume)
            "threads": torch.get_num_threads() * (run.run_info.get("processes") or 1)}
     return row, seconds, selected
+
+
+def _precise_bn(run: _Run) -> int | None:
+    """Re-estimate the batch-norm statistics for this epoch's evaluation (precise_bn.py); the images used,
+    or None where the run keeps the running averages."""
+    from .precise_bn import training_batches
+
+    cfg, x = run.cfg, run.tensors[0]
+    images = min(DEFAULT_BN_IMAGES if cfg.bn_images is None else cfg.bn_images, len(x))
+    if images < 2 or not run.engine.reestimate_bn(training_batches(x, images, cfg.batch_size, cfg.seed)):
+        return None
+    return images
 
 
 def _record_epoch(run: _Run, row: dict, selected: bool) -> None:

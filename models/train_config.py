@@ -39,6 +39,7 @@ ENGINE_KEYS = ("engine", "bf16", "compile")
 # (`bnnflow train MODEL --benchmark-steps N` times both): a run compiles it when it evaluates at least
 # this many images in one process; short runs and tests evaluate eagerly.
 EVAL_COMPILE_MIN_IMAGES = 20_000
+DEFAULT_BN_IMAGES = 10_000  # models/precise_bn.py says why; here so that --help needs no torch
 
 
 @dataclass
@@ -80,6 +81,7 @@ class TrainConfig:
     stop_after: int | None = None
     progress: bool = True
     test_eval: str = "selected"  # test set on the epochs that become best.pt only, or "every" epoch
+    bn_images: int | None = None  # precise batch norm before each evaluation (precise_bn.py); None: the default
     explicit: set = field(default_factory=set)  # options given on the command line
 
     def recipe(self) -> dict:
@@ -199,6 +201,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto (cuda if available)")
     p.add_argument("--threads", type=int, help="CPU threads for torch; default: all cores")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
+    p.add_argument("--bn-images", type=int, metavar="N",
+                   help="before each evaluation, re-estimate the batch-norm statistics as the plain average over "
+                        "the same N augmented training images (precise BN; training steps are unchanged), instead "
+                        "of the running averages of the last batches, which make a binary network's validation "
+                        f"top-1 swing by points between epochs; default: {DEFAULT_BN_IMAGES:,}; 0: off")
     p.add_argument("--test-eval", choices=TEST_EVALS, default="selected",
                    help="when the test set is evaluated: selected (default) only on the epochs that become "
                         "best.pt, whose test top-1 is what gets reported (it never selects anything, and this "
@@ -229,7 +236,7 @@ def config_from_args(args) -> TrainConfig:
                        device=args.device, threads=args.threads, stop_after=args.stop_after,
                        progress=not args.no_progress, test_eval=args.test_eval, explicit=explicit, engine=args.engine or "fast",
                        bf16=args.bf16, compile=True if args.compile is None else args.compile,
-                       shorten=args.shorten, **values)
+                       shorten=args.shorten, bn_images=args.bn_images, **values)
 
 
 def _user_network_args(args) -> dict:
@@ -312,5 +319,7 @@ def check_config(cfg: TrainConfig) -> None:
             raise BnnflowError(f"--{name} must be at least 2 images, got {v}.")
     if cfg.stop_after is not None and cfg.stop_after < 1:
         raise BnnflowError(f"--stop-after-epoch must be at least 1, got {cfg.stop_after}.")
+    if cfg.bn_images is not None and cfg.bn_images < 0:
+        raise BnnflowError(f"--bn-images must be 0 (off) or more images, got {cfg.bn_images}.")
     if cfg.threads is not None and cfg.threads < 1:
         raise BnnflowError(f"--threads must be at least 1, got {cfg.threads}.")

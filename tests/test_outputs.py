@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import given, settings, strategies as st
 
 from bnnflow.cli import main
 from bnnflow.errors import BnnflowError
+from bnnflow.models.checkpoint import FORMAT
 from bnnflow.outputs import KINDS, PNG_SIGNATURE, check_out
 
 from conftest import one_sentence
@@ -22,6 +25,9 @@ OWN = {  # a file each kind's command wrote
                               "hardware": None, "agree": True}).encode(),
     "runs": b"| run | model | recipe |\n|---|---|---|\n",
 }
+_checkpoint = io.BytesIO()
+torch.save({"format": FORMAT, "model": "cnv", "variant": "tiny", "state_dict": {}, "meta": {}}, _checkpoint)
+OWN["checkpoint"] = _checkpoint.getvalue()
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -62,6 +68,7 @@ def test_any_existing_file_is_either_accepted_or_refused_in_one_sentence(content
 @pytest.mark.parametrize("argv", [
     ["fold", "cnv", "--variant", "tiny"],
     ["evaluate", "CHECKPOINT"],
+    ["recalibrate", "CHECKPOINT"],
     ["runs"],
     ["benchmark", "--only", "cnv/tiny"],
 ])
@@ -69,8 +76,8 @@ def test_commands_refuse_a_foreign_out_before_any_work(capsys, tmp_path, argv):
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")
     argv = [str(tmp_path / "missing.pt") if a == "CHECKPOINT" else a for a in argv]
-    code = main([*argv, "--out", str(notes), *(["--build", str(tmp_path / "b")] if argv[0] != "runs" and
-                                                 argv[0] != "evaluate" else [])])
+    builds = argv[0] not in ("runs", "evaluate", "recalibrate")
+    code = main([*argv, "--out", str(notes), *(["--build", str(tmp_path / "b")] if builds else [])])
     err = capsys.readouterr().err
     assert code != 0 and "already exists and is not a" in one_sentence(err)
     assert notes.read_text() == "mine" and not (tmp_path / "b").exists()

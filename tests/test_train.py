@@ -234,7 +234,7 @@ def test_corrupt_or_mismatched_checkpoints(runs, tmp_path, capsys):
     code, _, err = cli(capsys, "train", "--resume", "--out", root / "straight", "--lr", "0.5")
     assert code != 0 and "--lr" in one_sentence(err)
     code, _, err = cli(capsys, "evaluate", root / "straight" / "last.pt", "--hw-images", "0")
-    assert code != 0 and "evaluate the best.pt" in one_sentence(err)
+    assert code != 0 and "use the best.pt" in one_sentence(err)
     # best.pt (no training state) put where last.pt belongs
     other = tmp_path / "other"
     other.mkdir()

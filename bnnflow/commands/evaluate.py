@@ -78,7 +78,7 @@ def evaluate_checkpoint(checkpoint: Path, hw_images: int = DEFAULT_HW_IMAGES, bo
 
     from bnnflow.build_flows.verify import compare_with_brevitas
     from bnnflow.digest import file_sha256
-    from bnnflow.models.checkpoint import load_checkpoint, read_checkpoint
+    from bnnflow.models.checkpoint import load_checkpoint, read_checkpoint, refuse_latent_weights
     from bnnflow.models.data import load_cifar10
     from bnnflow.models.evaluate import brevitas_top1
     from bnnflow.model_ref import network_name
@@ -87,11 +87,7 @@ def evaluate_checkpoint(checkpoint: Path, hw_images: int = DEFAULT_HW_IMAGES, bo
     console = console or Console(quiet=True)
     if hw_images < 0:
         raise BnnflowError(f"--hw-images must be 0 (skip the hardware) or more, got {hw_images}.")
-    raw = read_checkpoint(checkpoint)
-    if any(".parametrizations." in k for k in raw["state_dict"]):
-        raise BnnflowError(f"{checkpoint} holds ReCU/PSI latent training weights (a last.pt): evaluate the best.pt "
-                           "of the same run, which holds the weights the hardware uses.")
-    del raw
+    refuse_latent_weights(read_checkpoint(checkpoint), checkpoint)
     net, payload = load_checkpoint(checkpoint)
     x, y = load_cifar10(data, "test")
     if hw_images > len(x):
@@ -122,22 +118,25 @@ def evaluate_checkpoint(checkpoint: Path, hw_images: int = DEFAULT_HW_IMAGES, bo
     return result
 
 
-def cmd_evaluate(args) -> int:
+def set_threads(threads: int | None) -> None:
+    """--threads, or all the cores this process may use."""
     import torch
+
+    from bnnflow.cores import usable_cores
+
+    if threads is not None and threads < 1:
+        raise BnnflowError(f"--threads must be at least 1, got {threads}.")
+    torch.set_num_threads(threads or usable_cores())
+
+
+def cmd_evaluate(args) -> int:
     from rich.console import Console
 
     from bnnflow.atomic import write_json
     from bnnflow.outputs import check_out
 
     check_out(args.out, "evaluation")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise BnnflowError(f"--threads must be at least 1, got {args.threads}.")
-        torch.set_num_threads(args.threads)
-    else:
-        from bnnflow.cores import usable_cores
-
-        torch.set_num_threads(usable_cores())
+    set_threads(args.threads)
     console = Console(highlight=False)
     result = evaluate_checkpoint(args.checkpoint, args.hw_images, args.board, args.build, args.force, args.data,
                                  args.device, console)
