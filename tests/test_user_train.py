@@ -59,6 +59,23 @@ def test_user_network_trains_through_brevitas_and_records_itself(fc_run, capsys)
     assert code == 0 and f"| {fc_run.name} | FC-FC | " in out
 
 
+def test_recalibrate_keeps_a_user_network_rebuildable(fc_run, tmp_path, capsys):
+    """`bnnflow recalibrate` on a user's best.pt: its Brevitas forward (behind the pixel scale) re-estimates
+    the batch norms; the weights and the record of how to rebuild the network stay as they were."""
+    history = json.loads((fc_run / "log.json").read_text())
+    assert [r["bn_images"] for r in history] == [256, 256]  # precise batch norm in the run itself too
+    out = tmp_path / "fc-bn.pt"
+    code, text, _ = cli(capsys, "recalibrate", fc_run / "best.pt", "--out", out, "--bn-images", 128)
+    assert code == 0 and "re-estimated over 128 training images" in text
+    best, new = read_checkpoint(fc_run / "best.pt"), read_checkpoint(out)
+    assert new[USER_KEY] == best[USER_KEY] and new["meta"]["bn_images"] == 128
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    assert all(torch.equal(v, new["state_dict"][k]) for k, v in best["state_dict"].items() if not k.endswith(stats))
+    assert any(not torch.equal(v, new["state_dict"][k]) for k, v in best["state_dict"].items()
+               if k.endswith("running_mean"))
+    load_checkpoint(out)
+
+
 @pytest.mark.build
 def test_evaluate_builds_a_trained_user_network_and_agrees_image_for_image(fc_run, tmp_path, capsys):
     code, out, err = cli(capsys, "evaluate", fc_run / "best.pt", "--hw-images", 30, "--build", tmp_path / "b",
