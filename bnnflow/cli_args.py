@@ -94,10 +94,13 @@ def add_flow_args(p: argparse.ArgumentParser, restart: bool = True) -> None:
                                                 "folding search (see 'bnnflow fold')")
 
 
-def add_data_args(p: argparse.ArgumentParser, download: bool = False, help_text: str = DATA_HELP) -> None:
+DOWNLOAD_HELP = "download the official CIFAR-10 archive into --data (or the default folder) if no copy is there"
+
+
+def add_data_args(p: argparse.ArgumentParser, help_text: str = DATA_HELP) -> None:
+    """--data and --download: every command that reads CIFAR-10 takes both (data.py's errors name --download)."""
     p.add_argument("--data", type=Path, help=help_text)
-    if download:
-        p.add_argument("--download", action="store_true", help="download CIFAR-10 into --data if it is missing")
+    p.add_argument("--download", action="store_true", help=DOWNLOAD_HELP)
 
 
 def build_args(p: argparse.ArgumentParser, out_alias: bool = True, restart: bool = True) -> None:

@@ -14,7 +14,7 @@ from bnnflow.errors import BnnflowError
 
 
 def recalibrate(checkpoint: Path, out: Path, images: int | None = None, data: Path | None = None,
-                device: str = "auto", console=None) -> dict:
+                device: str = "auto", console=None, download: bool = False) -> dict:
     """Write `out`; returns {"images", "before": {val, test}, "after": {val, test}}."""
     import torch
     from rich.console import Console
@@ -39,7 +39,7 @@ def recalibrate(checkpoint: Path, out: Path, images: int | None = None, data: Pa
     meta = _training_record(payload, checkpoint)
     recipe, recorded = meta["recipe"], meta.get("dataset") or {}
     cfg = TrainConfig(model=payload["model"], variant=payload["variant"], data=str(data) if data else None,
-                      val_size=recipe.get("val_size", 0), subset=recipe.get("subset"),
+                      download=download, val_size=recipe.get("val_size", 0), subset=recipe.get("subset"),
                       test_subset=recipe.get("test_subset"), batch_size=recipe.get("batch_size", 128))
     loaded = load_data(cfg)
     for key in ("train_sha256", "test_sha256"):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bnnflow.catalog import MODEL_NAMES
-from bnnflow.cli_args import add_user_input_args
+from bnnflow.cli_args import DOWNLOAD_HELP, add_user_input_args
 from bnnflow.errors import BnnflowError
 
 MODELS = MODEL_NAMES
@@ -73,6 +73,7 @@ class TrainConfig:
     compile: bool = True
     shorten: bool = False
     data: str | None = None
+    download: bool = False  # fetch the official archive into data's folder when no copy is there
     out: str | None = None
     resume: bool = False
     force: bool = False
@@ -192,6 +193,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "the same batches, print images/s and the ratio, and exit (nothing is written)")
     p.add_argument("--data", type=Path, help="CIFAR-10 copy: folder with cifar10_{train,test}.npz or "
                                              "cifar-10-batches-py, or the train .npz (test beside it)")
+    p.add_argument("--download", action="store_true", help=DOWNLOAD_HELP)
     p.add_argument("--out", type=Path, help="run folder; default: runs/MODEL-VARIANT[-recu][-psi]-sSEED")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where last.pt ended")
     p.add_argument("--force", action="store_true", help="replace an existing run folder")
@@ -231,7 +233,7 @@ def config_from_args(args) -> TrainConfig:
         model = portable_ref(model)
     explicit.update(k for k, v in user.items() if v is not None)
     explicit.update(k for k in ENGINE_KEYS if getattr(args, k, None) is not None)
-    return TrainConfig(model=model, **user, data=str(args.data) if args.data else None,
+    return TrainConfig(model=model, **user, data=str(args.data) if args.data else None, download=args.download,
                        out=str(args.out) if args.out else None, resume=args.resume, force=args.force,
                        device=args.device, threads=args.threads, stop_after=args.stop_after,
                        progress=not args.no_progress, test_eval=args.test_eval, explicit=explicit, engine=args.engine or "fast",

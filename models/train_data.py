@@ -25,8 +25,8 @@ def load_data(cfg: TrainConfig) -> dict:
         train_src, test_root = source, source.parent
     else:
         train_src, test_root = source, source
-    x, y = load_cifar10(train_src, "train")
-    xt, yt = load_cifar10(test_root, "test")
+    x, y = load_cifar10(train_src, "train", download=cfg.download)
+    xt, yt = load_cifar10(test_root, "test", download=cfg.download)
     if cfg.val_size >= len(x):
         raise BnnflowError(f"--val-size {cfg.val_size} leaves none of the {len(x)} training images to train on.")
     split = len(x) - cfg.val_size

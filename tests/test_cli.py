@@ -212,3 +212,16 @@ def test_model_names_are_one_list():
     from bnnflow.models.zoo import MODELS
 
     assert tuple(MODELS) == MODEL_NAMES == tuple(MODEL_TITLES) == TRAIN_MODELS
+
+
+def test_every_command_that_takes_data_can_download_it():
+    """CIFAR-10 errors end in 'or --download': no command may take --data without it."""
+    import argparse
+
+    from bnnflow.cli import parser
+
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    takes = {name: {o for a in p._actions for o in a.option_strings} for name, p in sub.choices.items()}
+    with_data = sorted(name for name, opts in takes.items() if "--data" in opts)
+    assert {"train", "evaluate", "recalibrate", "verify", "deploy"} <= set(with_data)
+    assert [name for name in with_data if "--download" not in takes[name]] == []

@@ -265,6 +265,29 @@ def test_download_extracts_and_verifies(tmp_path, monkeypatch, few_images):
     assert np.array_equal(xr, x[:20])
 
 
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "models/checkpoints/cnv-default.pt", "--hw-images", "0"],
+    ["train", "cnv", "--variant", "tiny", "--epochs", "1", "--val-size", "4", "--batch-size", "8", "--no-compile",
+     "--no-progress", "--out", "RUN"],
+])
+def test_commands_that_read_cifar10_download_it_when_asked(tmp_path, monkeypatch, few_images, capsys, argv):
+    """data.py's errors tell the user to add --download: each command that reads CIFAR-10 takes it."""
+    from bnnflow.cli import main
+    from conftest import REPO
+
+    x, y = few_images
+    archive = make_archive(tmp_path, x, y)
+    monkeypatch.setattr(data, "URL", archive.as_uri())
+    monkeypatch.setattr(data, "MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.chdir(REPO)
+    root = tmp_path / "dl"
+    argv = [str(tmp_path / "run") if a == "RUN" else a for a in argv]
+    assert main([*argv, "--data", str(root)]) != 0
+    assert "--download" in capsys.readouterr().err
+    assert main([*argv, "--data", str(root), "--download"]) == 0
+    assert (root / data.BATCHES_DIR).is_dir()
+
+
 def test_download_checksum_mismatch(tmp_path, monkeypatch, few_images):
     x, y = few_images
     monkeypatch.setattr(data, "URL", make_archive(tmp_path, x, y).as_uri())  # real MD5 kept: mismatch

@@ -81,7 +81,7 @@ def cmd_deploy(args) -> int:
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise BnnflowError(f"Checkpoint {args.checkpoint} does not exist: pass the .pt file written by "
                            "'bnnflow train'.")
-    x, _ = load_cifar10(args.data, "test")  # bad data fails now, not after a build of minutes
+    x, _ = load_cifar10(args.data, "test", download=args.download)  # bad data fails now, not after a build of minutes
     if args.images > len(x):
         raise BnnflowError(f"--images {args.images} is more than the {len(x)} CIFAR-10 test images available.")
     build, reused, result = ensure_build(request_from_args(args), flow.STEP_NAMES[-1], console)

@@ -73,7 +73,7 @@ def _user_spec(payload: dict) -> dict | None:
 
 def evaluate_checkpoint(checkpoint: Path, hw_images: int = DEFAULT_HW_IMAGES, board: str = "pynq-z2",
                         build: Path | None = None, force: bool = False, data: Path | None = None,
-                        device: str = "auto", console=None) -> dict:
+                        device: str = "auto", console=None, download: bool = False) -> dict:
     from rich.console import Console
 
     from bnnflow.build_flows.verify import compare_with_brevitas
@@ -89,7 +89,7 @@ def evaluate_checkpoint(checkpoint: Path, hw_images: int = DEFAULT_HW_IMAGES, bo
         raise BnnflowError(f"--hw-images must be 0 (skip the hardware) or more, got {hw_images}.")
     refuse_latent_weights(read_checkpoint(checkpoint), checkpoint)
     net, payload = load_checkpoint(checkpoint)
-    x, y = load_cifar10(data, "test")
+    x, y = load_cifar10(data, "test", download=download)
     if hw_images > len(x):
         raise BnnflowError(f"--hw-images {hw_images} is more than the {len(x)} test images available.")
     with console.status(f"Brevitas: {len(x)} test images..."):
@@ -139,7 +139,7 @@ def cmd_evaluate(args) -> int:
     set_threads(args.threads)
     console = Console(highlight=False)
     result = evaluate_checkpoint(args.checkpoint, args.hw_images, args.board, args.build, args.force, args.data,
-                                 args.device, console)
+                                 args.device, console, args.download)
     if args.out:
         write_json(args.out, result)
     if not result["agree"]:

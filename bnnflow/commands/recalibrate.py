@@ -34,7 +34,8 @@ def cmd_recalibrate(args) -> int:
 
     check_out(args.out, "checkpoint")
     set_threads(args.threads)
-    recalibrate(args.checkpoint, args.out, args.bn_images, args.data, args.device, Console(highlight=False))
+    recalibrate(args.checkpoint, args.out, args.bn_images, args.data, args.device, Console(highlight=False),
+                args.download)
     return 0
 
 

@@ -26,7 +26,7 @@ def add_parsers(sub) -> None:
                         "(BNNFLOW_HLS_DEPS or ../shared/vendor, or a Vitis HLS install), and every RTL layer in Verilator, "
                         "one node at a time. Binaries are cached in BUILD/cppsim and BUILD/verilator. "
                         "Default: %(default)s (off)")
-    add_data_args(p, download=True, help_text="images to verify on: your own FILE.npz with keys x (uint8 N x H x "
+    add_data_args(p, help_text="images to verify on: your own FILE.npz with keys x (uint8 N x H x "
                                               "W x C) and y (integer labels), or a CIFAR-10 folder "
                                               "(cifar-10-batches-py or its parent, or one holding "
                                               "cifar10_test.npz); default: $BNNFLOW_DATA or ../shared/data")
