@@ -118,25 +118,15 @@ def evaluate_checkpoint(checkpoint: Path, hw_images: int = DEFAULT_HW_IMAGES, bo
     return result
 
 
-def set_threads(threads: int | None) -> None:
-    """--threads, or all the cores this process may use."""
-    import torch
-
-    from bnnflow.cores import usable_cores
-
-    if threads is not None and threads < 1:
-        raise BnnflowError(f"--threads must be at least 1, got {threads}.")
-    torch.set_num_threads(threads or usable_cores())
-
-
 def cmd_evaluate(args) -> int:
     from rich.console import Console
 
     from bnnflow.atomic import write_json
+    from bnnflow.cores import set_torch_threads
     from bnnflow.outputs import check_out
 
     check_out(args.out, "evaluation")
-    set_threads(args.threads)
+    set_torch_threads(args.threads)
     console = Console(highlight=False)
     result = evaluate_checkpoint(args.checkpoint, args.hw_images, args.board, args.build, args.force, args.data,
                                  args.device, console, args.download)

@@ -28,12 +28,12 @@ def add_parsers(sub) -> None:
 def cmd_recalibrate(args) -> int:
     from rich.console import Console
 
-    from bnnflow.commands.evaluate import set_threads
+    from bnnflow.cores import set_torch_threads
     from bnnflow.models.recalibrate import recalibrate
     from bnnflow.outputs import check_out
 
     check_out(args.out, "checkpoint")
-    set_threads(args.threads)
+    set_torch_threads(args.threads)
     recalibrate(args.checkpoint, args.out, args.bn_images, args.data, args.device, Console(highlight=False),
                 args.download)
     return 0
