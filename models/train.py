@@ -360,6 +360,13 @@ def _announce(run: _Run, console) -> None:
                   f"({len(run.tensors[2])} held out to select best.pt) for epochs {run.start_epoch + 1}..{run.end_epoch} "
                   f"of {cfg.epochs} on {run.device} ({torch.get_num_threads()} threads, {cfg.engine} engine"
                   f"{', bf16' if engine.bf16 else ''}{', compiled' if engine.compile else ''}), run folder {run.out}")
+    images = _bn_images(run)
+    before = (run.history[-1].get("bn_images") or 0) if run.history else images
+    what = (f"re-estimated over the same {images:,} augmented training images (--bn-images N; 0 keeps the running "
+            "averages)" if images else "the running averages of training (--bn-images 0)")
+    change = (f", from epoch {run.start_epoch + 1} on (until now: "
+              f"{f'{before:,} images' if before else 'the running averages'})" if before != images else "")
+    console.print(f"Batch-norm statistics for each evaluation: {what}{change}.")
     if run.soft is not None:
         t = run.run_info["teacher"]
         labels = (f"its labels read back from {TEACHER_LOGITS}" if t.get("logits_reused")
@@ -467,11 +474,18 @@ def _precise_bn(run: _Run) -> int | None:
     or None where the run keeps the running averages."""
     from .precise_bn import training_batches
 
-    cfg, x = run.cfg, run.tensors[0]
-    images = min(DEFAULT_BN_IMAGES if cfg.bn_images is None else cfg.bn_images, len(x))
-    if images < 2 or not run.engine.reestimate_bn(training_batches(x, images, cfg.batch_size, cfg.seed)):
+    images = _bn_images(run)
+    if not images or not run.engine.reestimate_bn(training_batches(run.tensors[0], images, run.cfg.batch_size,
+                                                                   run.cfg.seed)):
         return None
     return images
+
+
+def _bn_images(run: _Run) -> int:
+    """How many training images precise batch norm averages over in this run (0: off)."""
+    cfg, n = run.cfg, len(run.tensors[0])
+    images = min(DEFAULT_BN_IMAGES if cfg.bn_images is None else cfg.bn_images, n)
+    return images if images >= 2 else 0
 
 
 def _record_epoch(run: _Run, row: dict, selected: bool) -> None:

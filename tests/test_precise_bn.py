@@ -151,3 +151,16 @@ def test_recalibrate_user_errors(runs, tmp_path, capsys):
         assert main(["recalibrate", *map(str, argv)]) != 0
         assert needle in one_sentence(capsys.readouterr().err)
     assert notes.read_text() == "mine" and not (tmp_path / "x.pt").exists()
+
+
+def test_the_run_says_which_statistics_it_evaluates_with(tmp_path, capsys):
+    """A run announces precise batch norm, and a resume that switches it says from which epoch."""
+    common = ["train", "cnv", *RUN, "--epochs", "2", "--out", str(tmp_path / "r")]
+    assert main([*common, "--bn-images", "0", "--stop-after-epoch", "1"]) == 0
+    assert "the running averages of training (--bn-images 0)." in " ".join(capsys.readouterr().out.split())
+    assert main(["train", "--resume", "--out", str(tmp_path / "r"), "--no-progress", "--bn-images", "32"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "re-estimated over the same 32 augmented training images" in out
+    assert "from epoch 2 on (until now: the running averages)." in out
+    history = read_checkpoint(tmp_path / "r" / "last.pt")["train_state"]["history"]
+    assert [r["bn_images"] for r in history] == [None, 32]
