@@ -11,9 +11,10 @@ saved, never the training trajectory.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .data import augment
 
@@ -34,3 +35,35 @@ def training_batches(x_uint8: torch.Tensor, images: int, batch_size: int, seed: 
         if len(batch) > 1:  # batch norm needs two images
             yield augment(x_uint8[batch].float(), gen)
 
+
+
+def reestimate(module: torch.nn.Module, batches: Iterable[torch.Tensor], forward: Callable) -> None:
+    """Every batch norm of `module` gets the plain average of the batches' means and unbiased variances, as
+    torch's `update_bn` gives them, computed by `forward(batch)` (which runs `module`), for example a
+    compiled graph: momentum 1.0 makes each batch norm's buffers that batch's statistics, summed here
+    outside the graph (update_bn's momentum None reads a count with Tensor.item(), which splits a compiled
+    graph at every batch norm)."""
+    bns = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    momenta, was_training = [bn.momentum for bn in bns], module.training
+    sums = [(torch.zeros_like(bn.running_mean), torch.zeros_like(bn.running_var)) for bn in bns]
+    count = 0
+    try:
+        module.train()
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = 1.0
+        with torch.no_grad():
+            for xb in batches:
+                forward(xb)
+                for bn, (mean, var) in zip(bns, sums):
+                    mean += bn.running_mean
+                    var += bn.running_var
+                count += 1
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        module.train(was_training)
+    if count:  # num_batches_tracked already counts them, as update_bn leaves it
+        for bn, (mean, var) in zip(bns, sums):
+            bn.running_mean.copy_(mean / count)
+            bn.running_var.copy_(var / count)

@@ -164,3 +164,40 @@ def test_the_run_says_which_statistics_it_evaluates_with(tmp_path, capsys):
     assert "from epoch 2 on (until now: the running averages)." in out
     history = read_checkpoint(tmp_path / "r" / "last.pt")["train_state"]["history"]
     assert [r["bn_images"] for r in history] == [None, 32]
+
+
+def test_compiled_pass_equals_update_bn_and_compiles_once(cifar_train):
+    """Where evaluation runs compiled, so does the re-estimate: on the committed CNV-W1A1 and real images
+    it gives update_bn's statistics (within float32 rounding of a different reduction order) from one graph,
+    which a second pass reuses (update_bn's momentum None splits the graph at every batch norm)."""
+    from torch._dynamo.utils import counters
+
+    from bnnflow.models.checkpoint import committed_checkpoint, load_checkpoint
+
+    path = committed_checkpoint("cnv", "default")
+    if path is None:
+        pytest.skip("no committed cnv checkpoint")
+    torch.set_num_threads(2)
+    x = torch.from_numpy(cifar_train[0][:200]).permute(0, 3, 1, 2).contiguous()
+    compiled_net, _ = load_checkpoint(path, "cnv", "default")
+    eager_net = copy.deepcopy(compiled_net.eval())
+    engine = Engine(compiled_net, torch.zeros(()), [], torch.device("cpu"), "fast", compile=True)
+    engine.compile_eval = True
+    before = counters["stats"]["unique_graphs"]
+    assert engine.reestimate_bn(training_batches(x, 160, 64, seed=2))  # batches of 64, 64 and 32
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs == before + 1
+    assert engine.reestimate_bn(training_batches(x, 160, 64, seed=2))
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert _engine("fast", eager_net).reestimate_bn(training_batches(x, 160, 64, seed=2))
+    compiled, eager = compiled_net.state_dict(), eager_net.state_dict()
+    for name in compiled:
+        if name.endswith("running_var"):
+            torch.testing.assert_close(compiled[name], eager[name], rtol=1e-3, atol=0)
+        elif name.endswith("running_mean"):  # relative to the spread: means near zero have no relative error
+            spread = eager[name.replace("running_mean", "running_var")].sqrt()
+            assert ((compiled[name] - eager[name]).abs() / spread).max() < 1e-3, name
+        elif name.endswith("num_batches_tracked"):
+            assert compiled[name] == eager[name] == 3
+    bns = [m for m in compiled_net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert {m.momentum for m in bns} == {0.1} and not compiled_net.training
