@@ -15,6 +15,9 @@ from bnnflow.errors import BnnflowError
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RUNS_TABLE_HEAD = "| run | model |"  # models/runs_table.table's first line
 EVALUATION_KEYS = {"checkpoint", "model", "variant", "brevitas_top1"}  # bnnflow evaluate's JSON
+REPORT_KEYS = {"rows", "wall_seconds"}  # NAME.json of bnnflow benchmark and sweep
+# the first words of their NAME.md: benchmark.markdown_table's heading, a design sweep's, a training sweep's
+REPORT_HEADINGS = ("Estimates on the ", "Sweep ", "Training sweep ")
 
 
 def _is_png(path: Path) -> bool:
@@ -41,6 +44,17 @@ def _is_evaluation(path: Path) -> bool:
     return result is not None and EVALUATION_KEYS <= result.keys()
 
 
+def _is_report_data(path: Path) -> bool:
+    result = _json_object(path)
+    return result is not None and REPORT_KEYS <= result.keys()
+
+
+def _is_report_table(path: Path) -> bool:
+    with open(path, "rb") as f:
+        start = f.read(max(map(len, REPORT_HEADINGS)))
+    return any(start.startswith(h.encode()) for h in REPORT_HEADINGS)
+
+
 def _is_runs_table(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(len(RUNS_TABLE_HEAD)) == RUNS_TABLE_HEAD.encode()
@@ -63,23 +77,35 @@ KINDS = {
     "evaluation": ("result of 'bnnflow evaluate'", _is_evaluation),
     "runs": ("table of 'bnnflow runs'", _is_runs_table),
     "checkpoint": ("bnnflow checkpoint", _is_checkpoint),
+    "report-data": ("report of 'bnnflow benchmark' or 'bnnflow sweep' (JSON)", _is_report_data),
+    "report-table": ("report of 'bnnflow benchmark' or 'bnnflow sweep' (table)", _is_report_table),
 }
 
 
-def check_out(path: str | Path | None, kind: str) -> None:
-    """One sentence, before any work, if writing `path` would replace something that is not a `kind` file."""
+def check_out(path: str | Path | None, kind: str, flag: str = "--out") -> None:
+    """One sentence, before any work, if writing `path` would replace something that is not a `kind` file;
+    `flag` is the option that chose the path."""
     if path is None:
         return
     path = Path(path)
     what, holds = KINDS[kind]
     if path.is_dir():
-        raise BnnflowError(f"--out {path} is a folder: name a file to write the {what} to.")
+        raise BnnflowError(f"{flag} {path} is a folder: name a file to write the {what} to." if flag == "--out" else
+                           f"{path} is a folder where the {what} goes: choose another {flag}.")
     if not path.exists():
         return
     try:
         ok = holds(path)
     except OSError as exc:
-        raise BnnflowError(f"--out {path} exists and cannot be read ({exc.strerror or exc}): choose another "
-                           "--out.") from None
+        raise BnnflowError(f"{flag} {path} exists and cannot be read ({exc.strerror or exc}): choose another "
+                           f"{flag}.") from None
     if not ok:
-        raise BnnflowError(f"{path} already exists and is not a {what}: choose another --out or delete it first.")
+        raise BnnflowError(f"{path} already exists and is not a {what}: choose another {flag} or delete it first.")
+
+
+def check_reports(build: str | Path, name: str, plot: bool) -> None:
+    """Before any work: NAME.json, NAME.md (and NAME.png with `plot`) that a benchmark or sweep writes into its
+    --build folder replace only their own earlier copies, never a user's files of those names."""
+    kinds = [(".json", "report-data"), (".md", "report-table")] + ([(".png", "plot")] if plot else [])
+    for suffix, kind in kinds:
+        check_out(Path(build) / f"{name}{suffix}", kind, flag="--build")

@@ -11,10 +11,11 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from bnnflow.build_flows.benchmark import markdown_table
 from bnnflow.cli import main
 from bnnflow.errors import BnnflowError
 from bnnflow.models.checkpoint import FORMAT
-from bnnflow.outputs import KINDS, PNG_SIGNATURE, check_out
+from bnnflow.outputs import KINDS, PNG_SIGNATURE, check_out, check_reports
 
 from conftest import one_sentence
 
@@ -24,6 +25,9 @@ OWN = {  # a file each kind's command wrote
     "evaluation": json.dumps({"checkpoint": "x.pt", "model": "cnv", "variant": "tiny", "brevitas_top1": 0.5,
                               "hardware": None, "agree": True}).encode(),
     "runs": b"| run | model | recipe |\n|---|---|---|\n",
+    "report-data": json.dumps({"board": "pynq-z2", "wall_seconds": 3.0, "rows": []}).encode(),
+    "report-table": markdown_table({"board": "pynq-z2", "part": "xc7z020clg400-1", "clock_mhz": 100.0,
+                                    "limits": {"LUT": 0.85, "BRAM": 0.95}, "rows": []}).encode(),
 }
 _checkpoint = io.BytesIO()
 torch.save({"format": FORMAT, "model": "cnv", "variant": "tiny", "state_dict": {}, "meta": {}}, _checkpoint)
@@ -81,3 +85,40 @@ def test_commands_refuse_a_foreign_out_before_any_work(capsys, tmp_path, argv):
     err = capsys.readouterr().err
     assert code != 0 and "already exists and is not a" in one_sentence(err)
     assert notes.read_text() == "mine" and not (tmp_path / "b").exists()
+
+
+DESIGN_SWEEP = "points:\n  - {model: cnv, variant: tiny, weights: random, folding: fps:1000}\n"
+TRAIN_SWEEP = "train:\n  points:\n    - {model: cnv, variant: tiny, epochs: 1, subset: 64}\n"
+
+
+@pytest.mark.parametrize("argv, report", [
+    (["benchmark", "--only", "cnv/tiny"], "benchmark.md"),
+    (["benchmark", "--only", "cnv/tiny"], "benchmark.png"),
+    (["sweep", DESIGN_SWEEP], "sweep.json"),
+    (["sweep", TRAIN_SWEEP], "train_sweep.md"),
+])
+def test_reports_never_replace_a_users_file_in_the_build_folder(capsys, tmp_path, argv, report):
+    """benchmark and sweep write NAME.json/.md/.png into --build: a user's file of that name there is
+    refused in one sentence before any work, and nothing is built beside it."""
+    if argv[0] == "sweep":
+        (tmp_path / "points.yaml").write_text(argv[1])
+        argv = ["sweep", str(tmp_path / "points.yaml")]
+    build = tmp_path / "b"
+    build.mkdir()
+    (build / report).write_text("mine")
+    code = main([*argv, "--build", str(build)])
+    err = one_sentence(capsys.readouterr().err)
+    assert code != 0 and "already exists and is not a" in err and "choose another --build" in err
+    assert (build / report).read_text() == "mine" and [p.name for p in build.iterdir()] == [report]
+
+
+def test_reports_replace_their_own_earlier_copies(tmp_path):
+    for name, suffix in (("benchmark", ".json"), ("sweep", ".md"), ("train_sweep", ".png")):
+        (tmp_path / f"{name}{suffix}").write_bytes(OWN[{".json": "report-data", ".md": "report-table",
+                                                        ".png": "plot"}[suffix]])
+        check_reports(tmp_path, name, plot=True)
+    (tmp_path / "sweep.png").mkdir()
+    with pytest.raises(BnnflowError) as exc:
+        check_reports(tmp_path, "sweep", plot=True)
+    assert "is a folder where the PNG image goes: choose another --build" in one_sentence(exc.value)
+    check_reports(tmp_path, "sweep", plot=False)

@@ -374,6 +374,7 @@ def test_sweep_on_two_workers_equals_sequential_survives_a_killed_worker_and_cac
     assert all(row in out for row in rows) and "3 done (3 cached), 0 running, 0 failed" in " ".join(out.split())
     assert (tmp_path / "dist" / "sweep.png").stat().st_size > 10_000
     assert all(row in (tmp_path / "dist" / "sweep.md").read_text() for row in rows)
+    assert main(["sweep", str(sweep_file), "--build", str(tmp_path / "dist")]) == 0  # replaces its own reports
 
 
 def test_in_process_sweep_retries_and_reports(tmp_path):

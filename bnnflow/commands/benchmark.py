@@ -56,11 +56,12 @@ def cmd_benchmark(args) -> int:
 
     from bnnflow.build_flows.benchmark import markdown_table, plot, run_benchmark, select_designs
     from bnnflow.commands.sweep import Progress, check_failures, print_job_script, spec_from_args
-    from bnnflow.outputs import check_out
+    from bnnflow.outputs import check_out, check_reports
 
     if args.job_script:
         return print_job_script(args)
     check_out(args.out, "plot")
+    check_reports(args.build, "benchmark", plot=args.out is None)
     spec = spec_from_args(args)
     console = Console()
     designs = select_designs(args.only)

@@ -135,7 +135,7 @@ def cmd_sweep(args) -> int:
     from bnnflow.build_flows.sweep import folder_name, point_key, run_sweep
     from bnnflow.build_flows.sweep_spec import load_sweep
     from bnnflow.hw.boards import get_board
-    from bnnflow.outputs import check_out
+    from bnnflow.outputs import check_out, check_reports
 
     if args.job_script:
         return print_job_script(args)
@@ -152,6 +152,7 @@ def cmd_sweep(args) -> int:
     points = load_sweep(args.file, tuple(flow.STEP_NAMES))
     if args.dry_run:
         return _dry_run(console, points, args.build, point_key, folder_name, "to build")
+    check_reports(args.build, "sweep", plot=args.out is None)
     result = _run_points(args, spec, console, points, run_sweep, "Sweeping {n} design points", "build", "points",
                          lambda progress: progress.row)
     boards = list(dict.fromkeys(p.board for p in points))
@@ -195,9 +196,11 @@ def _train_sweep(args, points, spec, console) -> int:
     """A sweep file's training points: one `bnnflow train` each; the results table of what finished."""
     from bnnflow.atomic import write_json, write_text
     from bnnflow.build_flows.sweep_train import BAD, run_train_sweep, train_folder_name, train_key, train_table
+    from bnnflow.outputs import check_reports
 
     if args.dry_run:
         return _dry_run(console, points, args.build, train_key, train_folder_name, "to train")
+    check_reports(args.build, "train_sweep", plot=False)
     result = _run_points(args, spec, console, points, run_train_sweep, "Training {n} points", "run", "runs",
                          lambda progress: lambda r: _train_line(console, r))
     table = train_table(result["rows"])
