@@ -77,6 +77,8 @@ def benchmark(cfg, steps: int, console) -> dict:
     evaluation = None
     if quick.compile:
         evaluation = evaluation_speed(quick, x[:_whole_batches(min(len(x), steps * bs), EVAL_BATCH)])
+    precise = bn_speed(quick, x[:_whole_batches(min(len(x), steps * bs), bs)], bs, cfg.seed) if quick.compile \
+        else None
     ratio = ips["fast"] / ips["brevitas"]
     label = f"fast ({'bf16, ' if quick.bf16 else 'fp32, '}{'compiled, ' if quick.compile else ''}channels_last twin)"
     console.print(f"{cfg.model}/{cfg.variant}, batch {bs}, {torch.get_num_threads()} threads on {device}, "
@@ -93,8 +95,14 @@ def benchmark(cfg, steps: int, console) -> dict:
                       f"compiled twin {e['compiled']:.1f} images/s, [bold]{evaluation['ratio']:.2f}x[/], "
                       f"same logits: {'yes' if evaluation['identical'] else 'NO (runs evaluate eagerly)'}   "
                       f"(not timed: compile + check {evaluation['compile_s']:.0f} s)")
+    if precise is not None:
+        e = precise["images_per_s"]
+        console.print(f"  batch-norm re-estimate (--bn-images, {precise['images']} images per path): update_bn on the "
+                      f"eager twin {e['eager']:.1f}, compiled twin {e['compiled']:.1f} images/s, "
+                      f"[bold]{precise['ratio']:.2f}x[/], means apart by up to {precise['apart']:.1e} of a standard "
+                      f"deviation   (not timed: compile {precise['compile_s']:.0f} s)")
     return {"images_per_s": ips, "ratio": ratio, "stat_steps": stat_steps, "warmup_s": warm_s,
-            "evaluation": evaluation}
+            "evaluation": evaluation, "precise_bn": precise}
 
 
 def _whole_batches(n: int, batch: int) -> int:
@@ -130,3 +138,32 @@ def evaluation_speed(engine, x_uint8) -> dict:
             "identical": bool(engine._eval_compiled_exact) and torch.equal(logits["eager"], logits["compiled"]),
             "compile_s": compile_s}
 
+
+
+def bn_speed(engine, x_uint8, batch: int, seed: int) -> dict:
+    """Precise batch norm's re-estimate (Engine.reestimate_bn) through update_bn on the eager twin and through
+    the compiled twin, on the same augmented images in interleaved blocks, and how far apart the two
+    estimates of each batch norm's means are, in standard deviations (float32 rounding, different orders)."""
+    from .precise_bn import training_batches
+
+    def estimate(compiled: bool) -> dict:
+        engine.compile_eval = compiled
+        engine.reestimate_bn(training_batches(x_uint8, len(x_uint8), batch, seed))
+        return {k: v.clone() for k, v in engine.twin().state_dict().items()
+                if k.endswith(("running_mean", "running_var"))}
+
+    t0 = time.time()
+    estimate(True)
+    compile_s = time.time() - t0
+    timing, stats = {"eager": 0.0, "compiled": 0.0}, {}
+    for _ in range(BLOCKS):
+        for name in timing:
+            t0 = time.time()
+            stats[name] = estimate(name == "compiled")
+            timing[name] += time.time() - t0
+    eager, compiled = stats["eager"], stats["compiled"]
+    apart = max(float(((compiled[k] - eager[k]).abs() / eager[k.replace("running_mean", "running_var")].sqrt()).max())
+                for k in eager if k.endswith("running_mean"))
+    ips = {k: BLOCKS * len(x_uint8) / v for k, v in timing.items()}
+    return {"images": len(x_uint8), "images_per_s": ips, "ratio": ips["compiled"] / ips["eager"], "apart": apart,
+            "compile_s": compile_s}

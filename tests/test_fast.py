@@ -110,6 +110,11 @@ def test_compiled_evaluation_equals_brevitas_on_the_committed_cnv(cifar_test):
 
     speed = evaluation_speed(eng, torch.from_numpy(cifar_test[0][:200]).permute(0, 3, 1, 2))
     assert speed["identical"] and speed["images"] == 200 and min(speed["images_per_s"].values()) > 0
+    # and its precise batch-norm line: update_bn on the eager twin against the compiled pass
+    from bnnflow.models.train_speed import bn_speed
+
+    bn = bn_speed(eng, torch.from_numpy(cifar_test[0][:128]).permute(0, 3, 1, 2), 64, seed=0)
+    assert bn["images"] == 128 and min(bn["images_per_s"].values()) > 0 and 0 <= bn["apart"] < 1e-3
 
 
 def test_compiled_evaluation_that_differs_is_not_used(images):
