@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             from bnnflow.hw.boards import get_board
 
             get_board(args.board)
+        if getattr(args, "check_outputs", None):  # a refused --out costs nothing and follows no other output
+            args.check_outputs(args)
         _default_checkpoint(args)
         return COMMANDS[args.command](args)
     except BnnflowError as exc:

@@ -8,6 +8,7 @@ command.  Checked before any work, so a refusal costs nothing.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from bnnflow.errors import BnnflowError
@@ -101,6 +102,15 @@ def check_out(path: str | Path | None, kind: str, flag: str = "--out") -> None:
                            f"{flag}.") from None
     if not ok:
         raise BnnflowError(f"{path} already exists and is not a {what}: choose another {flag} or delete it first.")
+
+
+@dataclass(frozen=True)  # equal for equal kinds, so parsed arguments compare
+class OutCheck:
+    """A parser's check_outputs (cli.main runs it before anything is loaded or said): --out holds a `kind`."""
+    kind: str
+
+    def __call__(self, args) -> None:
+        check_out(args.out, self.kind)
 
 
 def check_reports(build: str | Path, name: str, plot: bool) -> None:

@@ -148,10 +148,15 @@ def find_bitfile(build: Path) -> tuple[Path, Path] | None:
     return None
 
 
+def archive_path(folder: Path, kind: str) -> Path | None:
+    """The archive written beside the package folder (--archive), or None."""
+    return None if kind == "none" else folder.with_name(folder.name + (".zip" if kind == "zip" else ".tar.gz"))
+
+
 def _write_archive(folder: Path, kind: str) -> Path | None:
-    if kind == "none":
+    target = archive_path(folder, kind)
+    if target is None:
         return None
-    target = folder.with_name(folder.name + (".zip" if kind == "zip" else ".tar.gz"))
     with atomic_path(target) as tmp:
         if kind == "zip":
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -167,8 +172,13 @@ def _write_archive(folder: Path, kind: str) -> Path | None:
     return target
 
 
-def _check_out(out: Path) -> None:
-    """Never replace a folder that is not a bnnflow package (atomic_dir swaps the whole folder)."""
+def check_package_out(out: Path, archive: str) -> None:
+    """Before any work: never replace a folder that is not a bnnflow package (atomic_dir swaps the whole
+    folder), nor a file in the archive's place that is not an archive of one."""
+    target = archive_path(out, archive)
+    if target is not None and target.exists() and not _archives_package(target, out.name):
+        raise BnnflowError(f"{target} already exists and is not an archive of a bnnflow deployment package: choose "
+                           "another --out, --archive none, or delete it first.")
     if not out.exists():
         return
     if not out.is_dir():
@@ -182,6 +192,21 @@ def _check_out(out: Path) -> None:
         if not ok:
             raise BnnflowError(f"{out} already exists and is not a bnnflow deployment package: choose another --out "
                                "or delete it first.")
+
+
+def _archives_package(path: Path, name: str) -> bool:
+    """Whether `path` is a zip or tar.gz that holds NAME/manifest.json, as _write_archive writes them."""
+    import tarfile
+
+    member = f"{name}/manifest.json"
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                return member in zf.namelist()
+        with tarfile.open(path, "r:gz") as tf:
+            return member in tf.getnames()
+    except (OSError, zipfile.BadZipFile, tarfile.TarError, EOFError):
+        return False
 
 
 def make_package(build: Path, out: Path, images: int = 100, data: Path | None = None, archive: str = "zip",
@@ -202,7 +227,7 @@ def make_package(build: Path, out: Path, images: int = 100, data: Path | None = 
                            "first or pass another --build.")
     if images < 0:
         raise BnnflowError("--images must be 0 or more.")
-    _check_out(out)
+    check_package_out(out, archive)
     summary = json.loads((build / "summary.json").read_text()) if (build / "summary.json").is_file() else {}
     model = ModelWrapper(str(graph_path))
     bit = find_bitfile(build)

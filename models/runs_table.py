@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from bnnflow.errors import BnnflowError
+from bnnflow.outputs import OutCheck
 
 DEFAULT_GLOB = "models/runs/*"
 
@@ -30,6 +31,7 @@ def add_runs_parser(subparsers) -> argparse.ArgumentParser:
                     "its curve has flattened).")
     p.add_argument("folders", nargs="*", type=Path, help=f"run folders; default: {DEFAULT_GLOB}")
     p.add_argument("--out", type=Path, help="also write the table (markdown) to this file")
+    p.set_defaults(check_outputs=OutCheck("runs"))
     return p
 
 
@@ -100,9 +102,7 @@ def cmd_runs(args) -> int:
     from rich.console import Console
 
     from bnnflow.atomic import write_text
-    from bnnflow.outputs import check_out
 
-    check_out(args.out, "runs")
     folders = args.folders or sorted(p for p in Path().glob(DEFAULT_GLOB) if p.is_dir())
     if not folders:
         raise BnnflowError(f"No run folders given and none under {DEFAULT_GLOB}: "

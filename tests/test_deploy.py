@@ -100,6 +100,7 @@ def test_archive_holds_the_folder(package):
         assert names == {f"{pkg.name}/{f}" for f in PACKAGE_FILES}
         assert zf.read(f"{pkg.name}/io_shape.json") == (pkg / "io_shape.json").read_bytes()
     assert not [p for p in pkg.parent.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    deploy.check_package_out(pkg, "zip")  # a package and its own archive are replaced by the next deploy
 
 
 @pytest.mark.slow
@@ -120,6 +121,7 @@ def test_bitfile_build_makes_a_board_package(package, tmp_path):
     io = json.loads((pkg / "io_shape.json").read_text())
     assert io["bitfile"] == "finn-accel.bit" and (io["idma_names"], io["odma_names"]) == (["idma_in"], ["odma_out"])
     assert not (pkg / "test_images.npz").exists() and (tmp_path / "pkg.tar.gz").is_file()
+    deploy.check_package_out(pkg, "tar.gz")
 
 
 @pytest.mark.slow
@@ -173,6 +175,19 @@ def test_one_command_builds_then_packages(package, tmp_path, monkeypatch, capsys
     ckpt.write_bytes(b"x")
     assert main(["deploy", "cnv", "--variant", "tiny", "--checkpoint", str(ckpt)]) == 2
     assert "weights random:seed=0;calibration=2, not sha256:" in one_sentence(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("archive, mine", [("zip", "pkg"), ("zip", "pkg.zip"), ("tar.gz", "pkg.tar.gz"),
+                                           ("none", "pkg")])
+def test_a_users_file_in_the_packages_place_is_refused_before_any_build(tmp_path, capsys, archive, mine):
+    (tmp_path / mine).write_text("mine")
+    code = main(["deploy", "cnv", "--build", str(tmp_path / "b"), "--out", str(tmp_path / "pkg"), "--archive", archive])
+    printed = capsys.readouterr()
+    err = one_sentence(printed.err)
+    assert code == 2 and ("is not an archive of a bnnflow deployment package" in err if mine != "pkg" else
+                          "exists and is not a folder" in err)
+    assert printed.out == ""  # not even the committed-checkpoint line: nothing was loaded
+    assert (tmp_path / mine).read_text() == "mine" and not (tmp_path / "b").exists()
 
 
 def test_cli_import_stays_light():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from bnnflow.cli_args import add_board_arg, add_budget_args, hidden_alias
 from bnnflow.commands.sweep import add_cluster_args
+from bnnflow.outputs import OutCheck
 
 DEFAULT_DIR = Path("build/benchmark")
 
@@ -22,6 +23,7 @@ def add_parsers(sub) -> None:
                    help="folder of the designs' build folders (a cache); default: %(default)s")
     hidden_alias(p, "--dir", "build", type=Path)
     p.add_argument("--out", type=Path, help="plot (PNG) to write; default: BUILD/benchmark.png")
+    p.set_defaults(check_outputs=OutCheck("plot"))
     hidden_alias(p, "--plot", "out", type=Path)
     p.add_argument("--only", nargs="*", metavar="MODEL[/VARIANT]", help="restrict to these models/variants")
     p.add_argument("--force", action="store_true", help="rebuild even up-to-date builds")
@@ -56,11 +58,10 @@ def cmd_benchmark(args) -> int:
 
     from bnnflow.build_flows.benchmark import markdown_table, plot, run_benchmark, select_designs
     from bnnflow.commands.sweep import Progress, check_failures, print_job_script, spec_from_args
-    from bnnflow.outputs import check_out, check_reports
+    from bnnflow.outputs import check_reports
 
     if args.job_script:
         return print_job_script(args)
-    check_out(args.out, "plot")
     check_reports(args.build, "benchmark", plot=args.out is None)
     spec = spec_from_args(args)
     console = Console()

@@ -18,6 +18,21 @@ def default_package_dir(model: str, variant: str, board: str) -> Path:
     return Path("deploy") / f"{model}-{variant}-{board}"
 
 
+def package_dir(args) -> Path:
+    """--out, or deploy/MODEL-VARIANT-BOARD."""
+    from bnnflow.hw.boards import get_board
+
+    return Path(args.out or default_package_dir(args.model, args.variant, get_board(args.board).name))
+
+
+def check_package(args) -> None:
+    """The parser's check_outputs: a user's file or folder in the package's (or its archive's) place is refused
+    before anything is loaded, said or built."""
+    from bnnflow.build_flows.deploy import check_package_out
+
+    check_package_out(package_dir(args), args.archive)
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser(
         "deploy", help="make the folder (and .zip) to copy onto the board: bitfile, driver, notebook, images",
@@ -33,6 +48,7 @@ def add_parsers(sub) -> None:
     add_data_args(p)
     p.add_argument("--archive", choices=ARCHIVES, default="zip",
                    help="archive of the package folder written beside it; default: %(default)s")
+    p.set_defaults(check_outputs=check_package)
 
 
 def print_package(manifest: dict, console) -> None:
@@ -101,7 +117,7 @@ def cmd_deploy(args) -> int:
                            "package it by hand from the build folder for now.")
     if result and result.get("stopped"):
         console.print(f"[yellow]{result['stopped']}[/]")
-    out = Path(args.out or default_package_dir(args.model, args.variant, board.name))
+    out = package_dir(args)
     with console.status("Packaging (and classifying the packaged test images off board)..."):
         manifest = make_package(build, out, images=args.images, data=args.data, archive=args.archive, console=console)
     print_package(manifest, console)

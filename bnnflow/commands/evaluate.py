@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bnnflow.cli_args import add_board_arg, add_data_args, hidden_alias
 from bnnflow.errors import BnnflowError
+from bnnflow.outputs import OutCheck
 
 DEFAULT_HW_IMAGES = 100
 
@@ -34,6 +35,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="for the Brevitas pass")
     p.add_argument("--threads", type=int, help="CPU threads for torch; default: all cores")
     p.add_argument("--out", type=Path, help="also write the result as JSON here")
+    p.set_defaults(check_outputs=OutCheck("evaluation"))
     hidden_alias(p, "--report", "out", type=Path)
 
 
@@ -123,9 +125,7 @@ def cmd_evaluate(args) -> int:
 
     from bnnflow.atomic import write_json
     from bnnflow.cores import set_torch_threads
-    from bnnflow.outputs import check_out
 
-    check_out(args.out, "evaluation")
     set_torch_threads(args.threads)
     console = Console(highlight=False)
     result = evaluate_checkpoint(args.checkpoint, args.hw_images, args.board, args.build, args.force, args.data,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bnnflow.cli_args import add_budget_args, add_build_dir_arg, add_model_args
+from bnnflow.outputs import OutCheck
 
 
 def add_parsers(sub) -> None:
@@ -19,6 +20,7 @@ def add_parsers(sub) -> None:
     add_budget_args(p)
     add_build_dir_arg(p)
     p.add_argument("--out", type=Path, help="folding config to write; default: BUILD/auto_folding.json")
+    p.set_defaults(check_outputs=OutCheck("folding"))
     p.add_argument("--force", action="store_true", help="rebuild the build folder even if it holds this build")
     p.add_argument("--compare", action="store_true", help="also run FINN's target_fps heuristic (SetFolding) "
                                                           "and compare")
@@ -34,9 +36,7 @@ def cmd_fold(args) -> int:
     from bnnflow.build_flows.folding import compare_with_target_fps, print_comparison, print_fold
     from bnnflow.cli_args import model_words, request_from_args
     from bnnflow.hw.boards import get_board
-    from bnnflow.outputs import check_out
 
-    check_out(args.out, "folding")
     console = Console()
     req = request_from_args(args)
     check_model(req)

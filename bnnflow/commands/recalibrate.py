@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bnnflow.cli_args import add_data_args
+from bnnflow.outputs import OutCheck
 
 
 def add_parsers(sub) -> None:
@@ -18,6 +19,7 @@ def add_parsers(sub) -> None:
     p.add_argument("checkpoint", type=Path, help="best.pt (or last.pt) written by 'bnnflow train'")
     p.add_argument("--out", type=Path, required=True, help="the new checkpoint (an existing checkpoint there is "
                                                            "replaced; the one read never is)")
+    p.set_defaults(check_outputs=OutCheck("checkpoint"))
     p.add_argument("--bn-images", type=int, metavar="N",
                    help="training images to average over; default: all of the run's training split")
     add_data_args(p)
@@ -30,9 +32,7 @@ def cmd_recalibrate(args) -> int:
 
     from bnnflow.cores import set_torch_threads
     from bnnflow.models.recalibrate import recalibrate
-    from bnnflow.outputs import check_out
 
-    check_out(args.out, "checkpoint")
     set_torch_threads(args.threads)
     recalibrate(args.checkpoint, args.out, args.bn_images, args.data, args.device, Console(highlight=False),
                 args.download)

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from bnnflow.errors import BnnflowError
+from bnnflow.outputs import OutCheck
 
 DEFAULT_DIR = Path("build/sweep")
 
@@ -70,6 +71,7 @@ def add_parsers(sub) -> None:
                    help="folder of the points' build (or run) folders; workers that cannot see it send theirs back "
                         "as archives; default: %(default)s")
     p.add_argument("--out", type=Path, help="plot (PNG) to write; default: BUILD/sweep.png")
+    p.set_defaults(check_outputs=OutCheck("plot"))
     p.add_argument("--force", action="store_true", help="rebuild finished points too")
     p.add_argument("--dry-run", action="store_true", help="list the points and which are cached; build nothing")
     p.add_argument("--no-shared-dir", action="store_true",
@@ -135,11 +137,10 @@ def cmd_sweep(args) -> int:
     from bnnflow.build_flows.sweep import folder_name, point_key, run_sweep
     from bnnflow.build_flows.sweep_spec import load_sweep
     from bnnflow.hw.boards import get_board
-    from bnnflow.outputs import check_out, check_reports
+    from bnnflow.outputs import check_reports
 
     if args.job_script:
         return print_job_script(args)
-    check_out(args.out, "plot")
     spec = spec_from_args(args)
     points = load_sweep(args.file)
     console = Console()
