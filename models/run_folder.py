@@ -24,7 +24,7 @@ RUN_FILES = ("last.pt", "best.pt", "log.csv", "log.json", "curve.png", "run.json
 # the long run), so what --test-eval saves can be read from the log, and the precise batch norm before them;
 # bn_images: the training images that batch norm's statistics were re-estimated on (empty: running averages)
 LOG_COLUMNS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "test_loss", "test_top1", "lr", "tau",
-               "seconds", "images_per_s", "engine", "eval_seconds", "threads", "bn_images")
+               "seconds", "images_per_s", "engine", "eval_seconds", "threads", "bn_images", "cpu_seconds")
 
 
 def default_out(cfg: TrainConfig) -> Path:

@@ -1,8 +1,8 @@
 """`bnnflow runs`: the recipe table from logged training runs (README's recipe table).
 
 One row per run folder: what differs from the default recipe, epochs done of those planned,
-CPU-hours (wall seconds of the logged epochs' training steps x their torch threads, plus a teacher's
-labelling), and the top-1 of the epoch
+CPU-hours (the CPU time of the logged epochs' training steps, or for epochs logged before that
+column their wall seconds x torch threads, plus a teacher's labelling), and the top-1 of the epoch
 best.pt holds, selected on the held-out validation split, with its test top-1 beside it.
 Test top-1 is reported, never used to choose.  The last column is issue 9's flattening test: how
 many points the best validation top-1 gained over the last 15 % of the logged epochs (a finished
@@ -79,10 +79,17 @@ def run_row(folder: Path) -> dict:
             "engine": "+".join(engines) if len(engines) == 1 else " then ".join(engines),
             "epochs": f"{len(history)}/{cfg['epochs']}",
             # training steps (evaluation not counted), and a teacher's labelling of the training images
-            "cpu_hours": (sum(r["seconds"] * r.get("threads", threads) for r in history)
+            "cpu_hours": (sum(_cpu_seconds(r, threads) for r in history)
                           + run.get("teacher", {}).get("seconds_all_starts", 0.0) * threads) / 3600,
             "best_epoch": best["epoch"], "val_top1": best.get("val_top1"), "test_top1": best["test_top1"],
             "late_gain": late_gain(history), "status": run.get("status", "?")}
+
+
+def _cpu_seconds(row: dict, threads: int) -> float:
+    """An epoch's training CPU time; rows logged before `cpu_seconds` count their wall time on every thread."""
+    if row.get("cpu_seconds") is not None:
+        return row["cpu_seconds"]
+    return row["seconds"] * row.get("threads", threads)
 
 
 def table(rows: list[dict]) -> str:

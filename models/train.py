@@ -445,12 +445,12 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict, float, bool]:
         tau = recu.tau_schedule(epoch / cfg.epochs, cfg.tau_start, cfg.tau_end)
         recu.set_tau(run.net, tau)
     engine.real_weights = epoch < cfg.real_weights_epochs
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     with tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
               disable=not cfg.progress, mininterval=0.5 if sys.stderr.isatty() else 60, file=sys.stderr,
               dynamic_ncols=True) as bar:
         stats = _train_epoch(engine, x, y, epoch, cfg, run.total_steps, bar, run.soft)
-    seconds = time.time() - t0
+    seconds, cpu_seconds = time.time() - t0, time.process_time() - cpu0
     t1 = time.time()
     bn_images = _precise_bn(run)
     val_loss, val_top1, _ = evaluate_tensors(engine, xv, yv, run.logit_scale) if len(xv) else (None, None, None)
@@ -464,8 +464,11 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict, float, bool]:
            "images_per_s": round(stats["seen"] / seconds, 1),
            "engine": cfg.engine + ("+bf16" if engine.bf16 else "") + ("+compile" if engine.compile else ""),
            "eval_seconds": round(time.time() - t1, 2), "bn_images": bn_images,
-           # CPU threads of the epoch, all processes (CPU-hours = seconds x threads; --threads may change on resume)
-           "threads": torch.get_num_threads() * (run.run_info.get("processes") or 1)}
+           # CPU threads of the epoch, all processes (--threads may change on resume)
+           "threads": torch.get_num_threads() * (run.run_info.get("processes") or 1),
+           # the training steps' CPU time, all threads (torchrun: this process's x the processes): unlike
+           # wall seconds x threads it does not count the time other programs took the cores
+           "cpu_seconds": round(cpu_seconds * (run.run_info.get("processes") or 1), 2)}
     return row, seconds, selected
 
 

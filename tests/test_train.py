@@ -7,6 +7,7 @@ that builds the FINN graph is marked slow (and build).
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -413,6 +414,8 @@ def test_test_set_is_evaluated_only_for_the_selected_epochs(tmp_path, cifar_trai
         assert (ra["test_top1"], ra["test_loss"]) == ((rb["test_top1"], rb["test_loss"]) if improved else (None, None))
     assert any(r["test_top1"] is None for r in ha), [r["val_top1"] for r in ha]  # a run where some epoch did not improve
     assert all(r["eval_seconds"] > 0 for r in ha + hb)  # log.csv shows what the test passes cost
+    # the training steps' CPU time: some, and no more than their wall time on every thread the process has
+    assert all(0 < r["cpu_seconds"] <= r["seconds"] * os.cpu_count() * 1.05 + 0.5 for r in ha + hb), ha + hb
     assert read_checkpoint(tmp_path / "selected" / "best.pt")["meta"]["test_top1"] == \
         read_checkpoint(tmp_path / "every" / "best.pt")["meta"]["test_top1"]
 
@@ -461,21 +464,24 @@ def test_default_threads_follow_the_cores_the_process_may_use():
 
 
 def test_runs_table_counts_each_epochs_threads_and_the_teachers_labelling(tmp_path):
-    """CPU-hours follow --threads changed on --resume (older rows: run.json's threads) and include a teacher's
-    labelling of the training images at every start."""
+    """CPU-hours are an epoch's logged CPU time; older rows count wall seconds x threads, which follow --threads
+    changed on --resume (older still: run.json's threads); a teacher's labelling at every start is included."""
     import json
 
     from bnnflow.models.runs_table import run_row
 
     rows = [{"epoch": 1, "seconds": 3600.0, "val_top1": 0.5, "test_top1": 0.5, "engine": "fast"},  # before the column
-            {"epoch": 2, "seconds": 1800.0, "val_top1": 0.6, "test_top1": 0.6, "engine": "fast", "threads": 1}]
+            {"epoch": 2, "seconds": 1800.0, "val_top1": 0.6, "test_top1": 0.6, "engine": "fast", "threads": 1},
+            # a slowed epoch: its wall time on both threads would count 4000 s, its CPU time is what it used
+            {"epoch": 3, "seconds": 2000.0, "val_top1": 0.6, "test_top1": None, "engine": "fast", "threads": 2,
+             "cpu_seconds": 2700.0}]
     (tmp_path / "log.json").write_text(json.dumps(rows))
     teacher = Path.cwd() / "models" / "checkpoints" / "resnete-default.pt"  # as a sweep stores it: absolute
     run = {"config": {"model": "cnv", "variant": "default", "epochs": 4, "teacher": str(teacher)}, "threads": 2,
            "teacher": {"seconds_all_starts": 900.0}}
     (tmp_path / "run.json").write_text(json.dumps(run))
     row = run_row(tmp_path)
-    assert row["cpu_hours"] == pytest.approx((3600 * 2 + 1800 * 1 + 900 * 2) / 3600)
+    assert row["cpu_hours"] == pytest.approx((3600 * 2 + 1800 * 1 + 2700 + 900 * 2) / 3600)
     assert row["recipe"] == f"teacher={Path('models') / 'checkpoints' / 'resnete-default.pt'}"
 
 
