@@ -22,7 +22,8 @@ LATE_SHARE = 0.15  # issue 9's flattening test: what the best validation top-1 g
 RUN_FILES = ("last.pt", "best.pt", "log.csv", "log.json", "curve.png", "run.json", TEACHER_LOGITS)
 # seconds: the epoch's training steps; eval_seconds: its validation and test passes (logged since epoch 70 of
 # the long run), so what --test-eval saves can be read from the log, and the precise batch norm before them;
-# bn_images: the training images that batch norm's statistics were re-estimated on (empty: running averages)
+# bn_images: the training images that batch norm's statistics were re-estimated on (empty: running averages);
+# cpu_seconds: the training steps' CPU time (logged since epoch 95 of BinaryDenseNet's long run)
 LOG_COLUMNS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "test_loss", "test_top1", "lr", "tau",
                "seconds", "images_per_s", "engine", "eval_seconds", "threads", "bn_images", "cpu_seconds")
 

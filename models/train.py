@@ -451,6 +451,7 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict, float, bool]:
               dynamic_ncols=True) as bar:
         stats = _train_epoch(engine, x, y, epoch, cfg, run.total_steps, bar, run.soft)
     seconds, cpu_seconds = time.time() - t0, time.process_time() - cpu0
+    processes = run.run_info.get("processes") or 1  # torchrun's, on one node
     t1 = time.time()
     bn_images = _precise_bn(run)
     val_loss, val_top1, _ = evaluate_tensors(engine, xv, yv, run.logit_scale) if len(xv) else (None, None, None)
@@ -465,10 +466,10 @@ def _run_epoch(run: _Run, epoch: int) -> tuple[dict, float, bool]:
            "engine": cfg.engine + ("+bf16" if engine.bf16 else "") + ("+compile" if engine.compile else ""),
            "eval_seconds": round(time.time() - t1, 2), "bn_images": bn_images,
            # CPU threads of the epoch, all processes (--threads may change on resume)
-           "threads": torch.get_num_threads() * (run.run_info.get("processes") or 1),
+           "threads": torch.get_num_threads() * processes,
            # the training steps' CPU time, all threads (torchrun: this process's x the processes): unlike
            # wall seconds x threads it does not count the time other programs took the cores
-           "cpu_seconds": round(cpu_seconds * (run.run_info.get("processes") or 1), 2)}
+           "cpu_seconds": round(cpu_seconds * processes, 2)}
     return row, seconds, selected
 
 
